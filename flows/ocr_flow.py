@@ -1,0 +1,37 @@
+"""The ocrfleet flow: plan -> one worker per shard, concurrently -> reduce."""
+
+import time
+from pathlib import Path
+
+from prefect import flow
+from prefect.futures import wait
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from tasks.config import JobConfig
+from tasks.ocr_tasks import plan_run, reduce_shards, run_shard
+from tasks.summary import RunSummary
+
+
+class RunInvalid(RuntimeError):
+    """The run finished but its results are incomplete or too many pages failed."""
+
+
+# Threads only wait on worker processes; one per shard keeps every shard running at once.
+@flow(name="ocrfleet", task_runner=ThreadPoolTaskRunner(max_workers=512), log_prints=True)
+def ocr_run(config: JobConfig) -> RunSummary:
+    """OCR every input on every planned device; fail unless each page has exactly one record."""
+    started = time.monotonic()
+    run_dir = Path(config.output_dir)
+    plan = plan_run(config)
+    shard_task = run_shard.with_options(retries=config.shard_retries)
+    futures = [shard_task.submit(run_dir, spec, config.shard_timeout_s) for spec in plan.shards]
+    wait(futures)
+    shard_errors = {
+        spec.shard: str(future.state.result(raise_on_failure=False))
+        for spec, future in zip(plan.shards, futures)
+        if not future.state.is_completed()
+    }
+    summary = reduce_shards(run_dir, shard_errors, time.monotonic() - started)
+    if not summary.valid:
+        raise RunInvalid(summary.verdict())
+    return summary

@@ -1,0 +1,1 @@
+"""ocrfleet's working modules; only `tasks.ocr_tasks` imports Prefect."""

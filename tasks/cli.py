@@ -1,0 +1,122 @@
+"""The `ocrfleet` command: run, plan, devices."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from tasks.config import ConfigError, JobConfig, load_config
+from tasks.devices import DeviceError, NvmlUnavailable, nvml_inventory
+from tasks.inputs import InputError
+from tasks.placement import place
+
+_EXPECTED = (ConfigError, DeviceError, InputError)
+
+
+def _job_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="*", help="image files, directories or glob patterns")
+    parser.add_argument("--output", "-o", dest="output_dir", type=Path, help="run directory")
+    parser.add_argument("--config", "-c", type=Path, help="YAML config (see configs/default.yaml)")
+    parser.add_argument("--devices", help="auto, gpu, gpu:0,2,3, cpu or cpu:N")
+    parser.add_argument("--workers-per-device", type=int, help="shards (worker processes) per device")
+    parser.add_argument("--engine", choices=["auto", "paddle", "onnxruntime"])
+    parser.add_argument("--max-failure-rate", type=float)
+    parser.add_argument("--threads-per-worker", type=int)
+
+
+def _config(args: argparse.Namespace) -> JobConfig:
+    return load_config(
+        args.config, inputs=tuple(args.inputs) or None, output_dir=args.output_dir, devices=args.devices,
+        workers_per_device=args.workers_per_device, engine=args.engine,
+        max_failure_rate=args.max_failure_rate, threads_per_worker=args.threads_per_worker,
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _config(args)
+    from flows.ocr_flow import ocr_run  # Prefect is imported only by commands that run a flow
+
+    state = ocr_run(config=config, return_state=True)
+    run_dir = Path(config.output_dir)
+    print(f"\nresults: {run_dir / 'results.jsonl'}\nsummary: {run_dir / 'summary.json'}")
+    if state.is_completed():
+        print(f"ocrfleet: {state.result().verdict()}")
+        return 0
+    print(f"ocrfleet: run failed: {state.message}", file=sys.stderr)
+    return 1
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from tasks.planning import make_plan
+
+    plan, _ = make_plan(_config(args))
+    if args.json:
+        print(plan.model_dump_json(indent=2))
+        return 0
+    for warning in plan.warnings:
+        print(f"WARNING: {warning}")
+    print(f"{plan.pages_total} pages, {len(plan.shards)} shards, engine {plan.models.engine}, "
+          f"{plan.threads_per_worker} thread(s) per worker")
+    for spec in plan.shards:
+        env = " ".join(f"{key}={value!r}" for key, value in sorted(spec.env.items()) if "THREADS" not in key)
+        gpu = f" --gpu-id {spec.device.gpu_id}" if spec.device.is_gpu else ""
+        print(f"  shard {spec.shard:05d}  {spec.device.name:8s} pages={spec.pages:<6d} cost={spec.cost:<12.0f} "
+              f"{env}{gpu}")
+    costs = [spec.cost for spec in plan.shards]
+    if costs and min(costs) > 0:
+        print(f"estimated imbalance (max/min shard cost): {max(costs) / min(costs):.3f}")
+    return 0
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    try:
+        gpus = nvml_inventory()
+        reason = None
+    except NvmlUnavailable as exc:
+        gpus, reason = [], str(exc)
+    placement = place(args.devices)
+    if args.json:
+        print(json.dumps({"gpus": [gpu.model_dump() for gpu in gpus], "nvml_error": reason,
+                          "devices": args.devices, "would_use": [d.name for d in placement.devices],
+                          "warnings": placement.warnings}, indent=2))
+        return 0
+    if reason:
+        print(f"no GPUs: {reason}")
+    used = {device.gpu_id for device in placement.devices}
+    for gpu in gpus:
+        mark = "use" if gpu.index in used else "skip"
+        print(f"  [{mark}] gpu:{gpu.index} {gpu.name} {gpu.uuid} {gpu.memory_free_mb}/{gpu.memory_total_mb} MiB free")
+    for warning in placement.warnings:
+        print(f"WARNING: {warning}")
+    print(f"--devices {args.devices} would run: {', '.join(device.name for device in placement.devices)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ocrfleet", description="Multi-GPU batch OCR with PaddleOCR and Prefect.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="plan, OCR on every device, reduce; exit 0 only for a valid run")
+    _job_arguments(run)
+    run.set_defaults(handler=cmd_run)
+    plan = commands.add_parser("plan", help="show shards, devices and worker environments; start nothing")
+    _job_arguments(plan)
+    plan.add_argument("--json", action="store_true")
+    plan.set_defaults(handler=cmd_plan)
+    devices = commands.add_parser("devices", help="GPU inventory and what a devices spec would use")
+    devices.add_argument("--devices", default="auto")
+    devices.add_argument("--json", action="store_true")
+    devices.set_defaults(handler=cmd_devices)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.handler(args)
+    except (*_EXPECTED, OSError) as exc:
+        print(f"ocrfleet: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""The one job configuration: YAML, CLI flags and Prefect parameters all land in `JobConfig`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the offending key."""
+
+
+class JobConfig(BaseModel):
+    """Everything a run needs; frozen, unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    inputs: tuple[str, ...] = Field(
+        ..., min_length=1,
+        description="Image files, directories (searched recursively) or glob patterns.",
+    )
+    output_dir: Path = Field(..., description="Run directory: plan, records, results, summary.")
+    devices: str = Field(
+        "auto",
+        description="'auto' (all visible GPUs, else 1 CPU worker), 'gpu', 'gpu:0,2,3', 'cpu' or 'cpu:N'.",
+    )
+    workers_per_device: int = Field(1, ge=1, le=64, description="Shards (worker processes) per device.")
+    max_failure_rate: float = Field(
+        0.01, ge=0, le=1, description="The run fails when more than this fraction of pages failed."
+    )
+    engine: Literal["auto", "paddle", "onnxruntime"] = Field(
+        "auto",
+        description="Inference engine: 'paddle' (Paddle Inference, required on GPU), 'onnxruntime' "
+        "(CPU), or 'auto' (paddle on GPUs, onnxruntime on CPU).",
+    )
+    text_detection_model_name: str = Field("PP-OCRv4_mobile_det", description="PaddleOCR detection model name.")
+    text_detection_model_dir: Path | None = Field(
+        None, description="Local detection model dir; unset uses the bundled offline PP-OCRv4 mobile model."
+    )
+    text_recognition_model_name: str = Field("PP-OCRv4_mobile_rec", description="PaddleOCR recognition model name.")
+    text_recognition_model_dir: Path | None = Field(
+        None, description="Local recognition model dir; unset uses the bundled offline PP-OCRv4 mobile model."
+    )
+    model_cache_dir: Path | None = Field(
+        None, description="Where bundled models are materialized; default $OCRFLEET_CACHE or ~/.cache/ocrfleet."
+    )
+    threads_per_worker: int | None = Field(
+        None, ge=1, description="CPU threads per worker; default: the machine's cores divided among workers."
+    )
+    shard_timeout_s: float = Field(86400.0, gt=0, description="A worker running longer than this is killed.")
+    shard_retries: int = Field(2, ge=0, le=20, description="Restarts of a failed worker; each resumes.")
+    progress_interval_s: float = Field(10.0, gt=0, description="Seconds between a worker's progress lines.")
+
+    @field_validator("devices")
+    @classmethod
+    def _devices_parse(cls, value: str) -> str:
+        from tasks.devices import parse_devices  # devices imports nothing from here at module level
+
+        parse_devices(value)
+        return value.strip().lower()
+
+
+def load_config(path: Path | None = None, **overrides: Any) -> JobConfig:
+    """Build a `JobConfig` from an optional YAML file, then CLI/Prefect overrides (None means unset)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config {path}: expected a mapping of keys to values, got {type(loaded).__name__}")
+        data.update(loaded or {})
+    data.update({key: value for key, value in overrides.items() if value is not None})
+    return validate_config(data)
+
+
+def validate_config(data: dict[str, Any]) -> JobConfig:
+    """Validate a mapping into a `JobConfig`, turning pydantic's report into one message per key."""
+    try:
+        return JobConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            key = ".".join(str(part) for part in error["loc"]) or "config"
+            message = error["msg"]
+            if error["type"] == "extra_forbidden":
+                message = f"unknown key (known keys: {', '.join(sorted(JobConfig.model_fields))})"
+            problems.append(f"{key}: {message}")
+        raise ConfigError("invalid config: " + "; ".join(problems)) from None

@@ -1,0 +1,72 @@
+"""Engine: PaddleOCR 3's OCR pipeline behind a small seam, and how a page's pixels are read."""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+
+from tasks.models import ModelDirs
+from tasks.records import TextLine
+
+log = logging.getLogger(__name__)
+
+# Messages that mean the process itself is broken (device lost, out of memory): retrying the page
+# in this process is pointless, so the worker exits and the shard is retried in a fresh one.
+_FATAL_MARKERS = ("CUDA error", "cudaError", "out of memory", "CUDNN_STATUS", "device-side assert")
+
+
+class EngineUnusable(RuntimeError):
+    """The engine can no longer run in this process."""
+
+
+class OcrEngine(Protocol):
+    def __call__(self, image: np.ndarray) -> list[TextLine]:
+        """OCR one BGR image into its text lines, in reading order."""
+
+
+def load_image(path: str) -> np.ndarray:
+    """Decode an image file into a BGR uint8 array (the layout PaddleOCR expects of arrays)."""
+    with Image.open(path) as image:
+        image.load()
+        rgb = np.asarray(image.convert("RGB"))
+    if rgb.shape[0] < 2 or rgb.shape[1] < 2:
+        raise ValueError(f"image is {rgb.shape[1]}x{rgb.shape[0]} pixels, too small to hold text")
+    return np.ascontiguousarray(rgb[:, :, ::-1])
+
+
+class PaddleOcrEngine:
+    """PaddleOCR's text detection + recognition pipeline, loaded once per worker."""
+
+    def __init__(self, models: ModelDirs, device: str, threads: int) -> None:
+        from paddleocr import PaddleOCR  # heavy: imported only where OCR actually runs
+
+        options: dict = {}
+        if models.engine == "onnxruntime":
+            options["engine"] = "onnxruntime"
+            options["engine_config"] = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
+        elif device == "cpu":
+            # Paddle 3.3's oneDNN path rejects these legacy-format models (ConvertPirAttribute2RuntimeAttribute).
+            options.update(enable_mkldnn=False, cpu_threads=threads)
+        self._ocr = PaddleOCR(
+            text_detection_model_name=models.text_detection_model_name,
+            text_detection_model_dir=models.text_detection_model_dir,
+            text_recognition_model_name=models.text_recognition_model_name,
+            text_recognition_model_dir=models.text_recognition_model_dir,
+            use_doc_orientation_classify=False, use_doc_unwarping=False, use_textline_orientation=False,
+            device=device, **options,
+        )
+
+    def __call__(self, image: np.ndarray) -> list[TextLine]:
+        try:
+            result = self._ocr.predict(image)[0]
+        except Exception as exc:
+            if isinstance(exc, MemoryError) or any(marker in str(exc) for marker in _FATAL_MARKERS):
+                raise EngineUnusable(f"{type(exc).__name__}: {exc}") from exc
+            raise
+        return [
+            TextLine(text=text, score=float(score), box=tuple(tuple(float(v) for v in point) for point in poly))
+            for text, score, poly in zip(result["rec_texts"], result["rec_scores"], result["rec_polys"])
+        ]

@@ -1,0 +1,50 @@
+"""Thin Prefect tasks over the plain modules: plan, run one shard, reduce."""
+
+import os
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.config import JobConfig
+from tasks.launch import run_worker
+from tasks.placement import launcher_warning, place
+from tasks.planning import Plan, ShardPlan, make_plan, prepare_models, shard_paths, write_plan
+from tasks.summary import RunSummary, reduce_run
+
+
+@task(name="plan", cache_policy=NO_CACHE)
+def plan_run(config: JobConfig) -> Plan:
+    """Place devices, plan shards, materialize models and write the plan, before any worker starts."""
+    logger = get_run_logger()
+    placement = place(config.devices)
+    warning = launcher_warning(os.environ)
+    if warning:
+        placement.warnings.append(warning)
+    for message in placement.warnings:
+        logger.warning(message)
+    plan, shard_pages = make_plan(config, placement)
+    prepare_models(plan)
+    write_plan(Path(config.output_dir), plan, shard_pages)
+    for spec in plan.shards:
+        logger.info("shard %d: %d pages on %s", spec.shard, spec.pages, spec.device.name)
+    return plan
+
+
+@task(name="run-shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def run_shard(run_dir: Path, spec: ShardPlan, timeout_s: float) -> None:
+    """Run one shard's worker subprocess to the end; raise so Prefect retries (the worker resumes)."""
+    logger = get_run_logger()
+    if shard_paths(run_dir, spec.shard)["done"].exists():
+        logger.info("shard %d: already done", spec.shard)
+        return
+    run_worker(run_dir, spec, timeout_s, sink=logger.log)
+
+
+@task(name="reduce", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def reduce_shards(run_dir: Path, shard_errors: dict[int, str], wall_s: float) -> RunSummary:
+    """Reconcile and aggregate every shard; write results.jsonl and summary.json."""
+    summary = reduce_run(run_dir, shard_errors, wall_s)
+    logger = get_run_logger()
+    logger.info("%s; results in %s", summary.verdict(), run_dir / "results.jsonl")
+    return summary

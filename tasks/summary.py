@@ -1,0 +1,118 @@
+"""Reduce: reconcile every shard's records with its plan, write `results.jsonl` and `summary.json`."""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+
+from pydantic import BaseModel, ValidationError
+
+from tasks.planning import Plan, read_manifest, read_plan, shard_paths
+from tasks.records import PageRecord, ShardReport, write_atomic
+
+
+class ShardSummary(BaseModel):
+    """One shard's line in `summary.json`."""
+
+    shard: int
+    device: str
+    pages_planned: int
+    records: int
+    pages_ok: int
+    pages_failed: int
+    report: ShardReport | None = None
+
+
+class RunSummary(BaseModel):
+    """`summary.json`: counts, per-shard figures, warnings and the problems that make a run invalid."""
+
+    run_dir: str
+    pages_planned: int
+    pages_ok: int
+    pages_failed: int
+    failure_rate: float
+    max_failure_rate: float
+    failures_by_class: dict[str, int]
+    wall_s: float | None = None
+    shards: list[ShardSummary]
+    warnings: list[str]
+    problems: list[str]
+
+    @property
+    def valid(self) -> bool:
+        return not self.problems and self.failure_rate <= self.max_failure_rate
+
+    def verdict(self) -> str:
+        if self.problems:
+            return f"invalid run: {len(self.problems)} problem(s): " + "; ".join(self.problems[:5])
+        if self.failure_rate > self.max_failure_rate:
+            return (f"{self.pages_failed} of {self.pages_planned} pages failed ({self.failure_rate:.1%}), above "
+                    f"max_failure_rate={self.max_failure_rate:.1%}; see failures.jsonl")
+        return f"{self.pages_ok} pages ok, {self.pages_failed} failed, no problems"
+
+
+def reduce_run(run_dir: Path, shard_errors: dict[int, str] | None = None, wall_s: float | None = None) -> RunSummary:
+    """Check every planned page has exactly one record; write results, failures and summary (atomically)."""
+    plan = read_plan(run_dir)
+    shard_errors = shard_errors or {}
+    problems = [f"shard {shard}: {error.splitlines()[0]}" for shard, error in sorted(shard_errors.items())]
+    records: list[PageRecord] = []
+    shards = []
+    for spec in plan.shards:
+        shard_records, shard_problems = _reconcile(run_dir, spec.shard)
+        problems += shard_problems
+        records += shard_records
+        report_path = shard_paths(run_dir, spec.shard)["report"]
+        report = ShardReport.model_validate_json(report_path.read_text()) if report_path.exists() else None
+        shards.append(ShardSummary(
+            shard=spec.shard, device=spec.device.name, pages_planned=spec.pages, records=len(shard_records),
+            pages_ok=sum(r.status == "ok" for r in shard_records),
+            pages_failed=sum(r.status == "failed" for r in shard_records), report=report))
+    records.sort(key=lambda record: record.key)
+    failed = [record for record in records if record.status == "failed"]
+    write_atomic(run_dir / "results.jsonl", "".join(r.model_dump_json() + "\n" for r in records))
+    write_atomic(run_dir / "failures.jsonl", "".join(r.model_dump_json() + "\n" for r in failed))
+    summary = _summarize(run_dir, plan, records, failed, shards, problems, wall_s)
+    write_atomic(run_dir / "summary.json", summary.model_dump_json(indent=2) + "\n")
+    return summary
+
+
+def _summarize(run_dir: Path, plan: Plan, records: list[PageRecord], failed: list[PageRecord],
+               shards: list[ShardSummary], problems: list[str], wall_s: float | None) -> RunSummary:
+    by_class = collections.Counter(record.error_class or "Unknown" for record in failed)
+    return RunSummary(
+        run_dir=str(run_dir), pages_planned=plan.pages_total, pages_ok=len(records) - len(failed),
+        pages_failed=len(failed), failure_rate=round(len(failed) / plan.pages_total, 6) if plan.pages_total else 0.0,
+        max_failure_rate=plan.config.max_failure_rate, failures_by_class=dict(sorted(by_class.items())),
+        wall_s=round(wall_s, 3) if wall_s is not None else None, shards=shards,
+        warnings=list(plan.warnings), problems=problems)
+
+
+def _reconcile(run_dir: Path, shard: int) -> tuple[list[PageRecord], list[str]]:
+    """The shard's valid records and the named problems: unparsable, duplicate, unplanned, missing."""
+    paths = shard_paths(run_dir, shard)
+    planned = {page.key for page in read_manifest(run_dir, shard)}
+    problems: list[str] = []
+    records: list[PageRecord] = []
+    seen: set[tuple[str, int]] = set()
+    lines = paths["records"].read_text(encoding="utf-8").splitlines() if paths["records"].exists() else []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = PageRecord.model_validate_json(line)
+        except ValidationError:
+            problems.append(f"shard {shard}: records line {number} does not parse")
+            continue
+        if record.key not in planned:
+            problems.append(f"shard {shard}: unplanned record {record.source} page {record.page}")
+        elif record.key in seen:
+            problems.append(f"shard {shard}: duplicate record {record.source} page {record.page}")
+        else:
+            seen.add(record.key)
+            records.append(record)
+    if len(seen) != len(planned):
+        missing = sorted(planned - seen)
+        examples = ", ".join(f"{source} page {page}" for source, page in missing[:3])
+        problems.append(f"shard {shard}: {len(planned)} pages planned, {len(seen)} records (missing {examples})")
+    if not paths["done"].exists():
+        problems.append(f"shard {shard}: no done marker; its worker did not finish")
+    return records, problems
