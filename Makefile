@@ -1,0 +1,26 @@
+# `make demo` and `make test` work on a fresh machine with only Python 3 and make.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_OUT ?= out/demo
+
+.PHONY: install demo test clean
+
+$(BIN)/ocrfleet: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e ".[cpu,test]"
+	touch $@
+
+install: $(BIN)/ocrfleet
+
+# The main job on the bundled sample pages: 2 CPU workers, Prefect's local (ephemeral) API.
+demo: install
+	$(BIN)/ocrfleet run samples/pages --output $(DEMO_OUT) --devices cpu:2
+	@echo "results: $(DEMO_OUT)/results.jsonl  summary: $(DEMO_OUT)/summary.json"
+
+test: install
+	$(BIN)/python -m pytest tests
+
+clean:
+	rm -rf $(VENV) out
