@@ -37,6 +37,9 @@ def _config(args: argparse.Namespace) -> JobConfig:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = _config(args)
+    from tasks.planning import make_plan
+
+    make_plan(config)  # preflight: bad inputs or devices fail here, in a line, before Prefect starts
     from flows.ocr_flow import ocr_run  # Prefect is imported only by commands that run a flow
 
     state = ocr_run(config=config, return_state=True)

@@ -9,7 +9,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.config import JobConfig
 from tasks.launch import run_worker
 from tasks.placement import launcher_warning, place
-from tasks.planning import Plan, ShardPlan, make_plan, prepare_models, shard_paths, write_plan
+from tasks.planning import Plan, ShardPlan, prepare_run, shard_paths
 from tasks.summary import RunSummary, reduce_run
 
 
@@ -23,9 +23,7 @@ def plan_run(config: JobConfig) -> Plan:
         placement.warnings.append(warning)
     for message in placement.warnings:
         logger.warning(message)
-    plan, shard_pages = make_plan(config, placement)
-    prepare_models(plan)
-    write_plan(Path(config.output_dir), plan, shard_pages)
+    plan = prepare_run(config, placement)
     for spec in plan.shards:
         logger.info("shard %d: %d pages on %s", spec.shard, spec.pages, spec.device.name)
     return plan

@@ -132,6 +132,14 @@ def write_plan(run_dir: Path, plan: Plan, shard_pages: list[list[PageRef]]) -> N
     write_atomic(existing, run_json)
 
 
+def prepare_run(config: JobConfig, placement: Placement | None = None) -> Plan:
+    """Plan, materialize models and write the plan: everything that happens before workers start."""
+    plan, shard_pages = make_plan(config, placement)
+    prepare_models(plan)
+    write_plan(Path(config.output_dir), plan, shard_pages)
+    return plan
+
+
 def read_plan(run_dir: Path) -> Plan:
     return Plan.model_validate_json((run_dir / "run.json").read_text(encoding="utf-8"))
 

@@ -1,0 +1,113 @@
+import pytest
+
+from tasks.devices import DeviceError, GpuInfo, NvmlUnavailable, parse_devices
+from tasks.placement import default_threads, launcher_warning, place, worker_env_overrides, worker_environment
+from tasks.planning import ShardPlan
+from tasks.launch import worker_command
+
+EIGHT = [GpuInfo(index=i, uuid=f"GPU-{i:x}{i:x}aa-0000-1111-2222-3333444455{i:02d}", name="NVIDIA H100",
+                 memory_total_mb=81559, memory_free_mb=80000) for i in range(8)]
+
+
+def inventory(gpus=EIGHT):
+    return lambda: list(gpus)
+
+
+def no_nvml():
+    raise NvmlUnavailable("no NVIDIA driver / NVML: NVML Shared Library Not Found")
+
+
+def placed(spec, env=None, gpus=EIGHT, paddle_gpu=True):
+    return place(spec, env=env or {}, inventory=inventory(gpus), paddle_gpu=lambda: paddle_gpu)
+
+
+@pytest.mark.parametrize("spec, kind, ids, cpus", [
+    ("auto", "auto", None, 1), ("gpu", "gpu", None, 1), ("gpu:0,2,3", "gpu", (0, 2, 3), 1),
+    ("cpu", "cpu", None, 1), ("cpu:4", "cpu", None, 4), (" GPU:1 ", "gpu", (1,), 1),
+])
+def test_device_specs_follow_paddleocr_convention(spec, kind, ids, cpus):
+    request = parse_devices(spec)
+    assert (request.kind, request.gpu_ids, request.cpu_workers) == (kind, ids, cpus)
+
+
+@pytest.mark.parametrize("spec", ["tpu", "gpu:", "gpu:a", "gpu:1,1", "cpu:0", "cpu:x", "auto:1"])
+def test_bad_device_specs_are_refused(spec):
+    with pytest.raises(DeviceError):
+        parse_devices(spec)
+
+
+def test_gpu_ids_are_physical_nvml_indices_and_each_worker_sees_only_its_own():
+    devices = placed("gpu:1,3").devices
+    assert [(d.name, d.gpu_id, d.cuda_visible) for d in devices] == [("gpu:1", 1, "1"), ("gpu:3", 3, "3")]
+
+
+def test_inherited_cuda_visible_devices_limits_the_gpus_and_keeps_its_form():
+    devices = placed("gpu", env={"CUDA_VISIBLE_DEVICES": "4,5,6,7"}).devices
+    assert [d.gpu_id for d in devices] == [4, 5, 6, 7]
+    uuids = ",".join(gpu.uuid for gpu in EIGHT[2:4])
+    devices = placed("gpu:3", env={"CUDA_VISIBLE_DEVICES": uuids}).devices
+    assert [(d.gpu_id, d.cuda_visible) for d in devices] == [(3, EIGHT[3].uuid)]
+
+
+def test_a_gpu_outside_the_inherited_set_is_an_error_naming_both_sets():
+    with pytest.raises(DeviceError, match=r"\[1\].*\[4, 5, 6, 7\].*CUDA_VISIBLE_DEVICES=4,5,6,7"):
+        placed("gpu:1,4", env={"CUDA_VISIBLE_DEVICES": "4,5,6,7"})
+
+
+@pytest.mark.parametrize("hidden", ["", "-1"])
+def test_empty_or_minus_one_cuda_visible_devices_hides_every_gpu(hidden):
+    placement = placed("auto", env={"CUDA_VISIBLE_DEVICES": hidden})
+    assert [d.name for d in placement.devices] == ["cpu"]
+    assert "hides every GPU" in placement.warnings[0]
+    with pytest.raises(DeviceError, match="--devices cpu"):
+        placed("gpu", env={"CUDA_VISIBLE_DEVICES": hidden})
+
+
+def test_auto_without_a_driver_falls_back_to_one_cpu_worker_loudly():
+    placement = place("auto", env={}, inventory=no_nvml, paddle_gpu=lambda: True)
+    assert [d.name for d in placement.devices] == ["cpu"]
+    assert "NVML Shared Library Not Found" in placement.warnings[0]
+
+
+def test_gpus_with_a_cpu_only_paddle_say_what_to_install():
+    with pytest.raises(DeviceError, match="paddlepaddle-gpu"):
+        placed("gpu:0", paddle_gpu=False)
+    assert "paddlepaddle-gpu" in placed("auto", paddle_gpu=False).warnings[0]
+
+
+def test_auto_uses_every_visible_gpu():
+    assert [d.gpu_id for d in placed("auto").devices] == list(range(8))
+
+
+def test_gpu_worker_gets_one_gpu_pci_order_thread_limits_and_an_explicit_gpu_id(tmp_path):
+    device = placed("gpu:5").devices[0]
+    env = worker_env_overrides(device, threads=2)
+    assert env["CUDA_VISIBLE_DEVICES"] == "5"
+    assert env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "2"
+    spec = ShardPlan(shard=3, device=device, env=env, pages=1, cost=1.0)
+    command = worker_command(tmp_path, spec)
+    assert command[1:] == ["-m", "tasks.worker", "--run-dir", str(tmp_path), "--shard", "3", "--gpu-id", "5"]
+
+
+def test_cpu_workers_see_no_gpu_and_get_no_gpu_id(tmp_path):
+    device = placed("cpu:2").devices[0]
+    env = worker_env_overrides(device, threads=1)
+    assert env["CUDA_VISIBLE_DEVICES"] == ""
+    assert "--gpu-id" not in worker_command(tmp_path, ShardPlan(shard=0, device=device, env=env, pages=1, cost=1))
+
+
+def test_workers_inherit_no_launcher_state():
+    parent = {"PATH": "/bin", "FLAGS_selected_gpus": "0", "PADDLE_TRAINER_ID": "1", "PADDLE_TRAINERS_NUM": "8",
+              "PADDLE_CURRENT_ENDPOINT": "127.0.0.1:6170", "RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "8",
+              "CUDA_VISIBLE_DEVICES": "0,1"}
+    env = worker_environment(parent, {"CUDA_VISIBLE_DEVICES": "1"})
+    assert env == {"PATH": "/bin", "CUDA_VISIBLE_DEVICES": "1"}
+    assert "inference job" in launcher_warning(parent)
+    assert launcher_warning({"PATH": "/bin"}) is None
+
+
+def test_threads_are_shared_out_without_oversubscribing():
+    assert default_threads(2, cpus=2) == 1
+    assert default_threads(3, cpus=16) == 5
+    assert default_threads(8, cpus=2) == 1

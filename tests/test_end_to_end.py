@@ -1,0 +1,104 @@
+"""Real PaddleOCR, offline models, on CPU, through the Prefect flow and the CLI."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flows.ocr_flow import RunInvalid, ocr_run
+from tasks.config import load_config
+from tasks.models import default_cache_dir, materialize
+from tasks.records import PageRecord, read_jsonl
+from tests.conftest import WORDS
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "samples" / "pages"
+
+
+def squeeze(text: str) -> str:
+    return re.sub(r"\s+", "", text).lower()
+
+
+def results(run_dir: Path) -> list[PageRecord]:
+    return list(read_jsonl(run_dir / "results.jsonl", PageRecord))
+
+
+def content(records: list[PageRecord]) -> list[tuple]:
+    """What OCR found, without where it ran."""
+    return [(r.source, r.page, r.status, r.text, r.lines, r.error) for r in records]
+
+
+def run(inputs, out, **settings):
+    return ocr_run(config=load_config(None, inputs=[str(i) for i in inputs], output_dir=str(out), **settings))
+
+
+def test_words_come_back_across_two_cpu_workers_identical_to_one(prefect_api, word_pages, tmp_path):
+    summary = run([word_pages], tmp_path / "two", devices="cpu:2")
+    assert summary.valid and summary.pages_ok == len(WORDS)
+    assert sorted(shard.device for shard in summary.shards) == ["cpu", "cpu"]
+    by_name = {os.path.relpath(r.source, word_pages): r for r in results(tmp_path / "two")}
+    for name, lines in WORDS.items():
+        for line in lines:
+            assert squeeze(line) in squeeze(by_name[name].text), (name, by_name[name].text)
+    assert {r.shard for r in by_name.values()} == {0, 1}
+    assert all(len(line.box) == 4 for r in by_name.values() for line in r.lines)
+    run([word_pages], tmp_path / "one", devices="cpu:1")
+    assert content(results(tmp_path / "one")) == content(results(tmp_path / "two"))
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["problems"] == []
+
+
+def test_scanned_samples_match_a_plain_in_process_paddleocr_loop(prefect_api, tmp_path):
+    from paddleocr import PaddleOCR
+
+    run([SAMPLES], tmp_path / "out", devices="cpu:2")
+    models = {kind: materialize("onnxruntime", f"PP-OCRv4_mobile_{kind}", default_cache_dir()) for kind in ("det", "rec")}
+    ocr = PaddleOCR(text_detection_model_name="PP-OCRv4_mobile_det", text_detection_model_dir=str(models["det"]),
+                    text_recognition_model_name="PP-OCRv4_mobile_rec", text_recognition_model_dir=str(models["rec"]),
+                    use_doc_orientation_classify=False, use_doc_unwarping=False, use_textline_orientation=False,
+                    device="cpu", engine="onnxruntime")
+    loop = {str(path): "\n".join(ocr.predict(str(path))[0]["rec_texts"]) for path in sorted(SAMPLES.iterdir())}
+    assert {r.source: r.text for r in results(tmp_path / "out")} == loop
+    assert "harborfreightlines" in squeeze(loop[str(SAMPLES / "invoice-0001.png")])
+
+
+def test_the_paddle_engine_reads_the_same_text_as_onnxruntime(prefect_api, word_pages, tmp_path):
+    pages = [word_pages / "alpha.png", word_pages / "beta.png"]
+    run(pages, tmp_path / "paddle", devices="cpu:1", engine="paddle")
+    run(pages, tmp_path / "onnx", devices="cpu:1", engine="onnxruntime")
+    paddle, onnx = results(tmp_path / "paddle"), results(tmp_path / "onnx")
+    assert [r.text for r in paddle] == [r.text for r in onnx]
+    assert squeeze("Invoice 4821") in squeeze(paddle[0].text)
+
+
+def test_a_corrupt_input_fails_its_page_and_the_run_still_completes(prefect_api, word_pages, tmp_path):
+    bad = tmp_path / "in" / "corrupt.png"
+    bad.parent.mkdir()
+    bad.write_bytes(b"not an image at all")
+    summary = run([word_pages / "alpha.png", bad], tmp_path / "out", devices="cpu:2", max_failure_rate=0.5)
+    assert (summary.pages_ok, summary.pages_failed) == (1, 1)
+    failure = next(read_jsonl(tmp_path / "out" / "failures.jsonl", PageRecord))
+    assert failure.source == str(bad) and failure.error_class == "UnidentifiedImageError"
+    with pytest.raises(RunInvalid, match="above max_failure_rate"):
+        run([word_pages / "alpha.png", bad], tmp_path / "strict", devices="cpu:1")
+    assert json.loads((tmp_path / "strict" / "summary.json").read_text())["pages_failed"] == 1
+
+
+def test_the_cli_exits_zero_only_for_a_valid_run(word_pages, tmp_path):
+    bad = tmp_path / "corrupt.jpg"
+    bad.write_bytes(b"")
+    cli = [sys.executable, "-m", "tasks.cli", "run", str(word_pages / "beta.png"), str(bad), "--devices", "cpu:1"]
+    failed = subprocess.run(cli + ["--output", str(tmp_path / "strict")], capture_output=True, text=True)
+    assert failed.returncode == 1, failed.stderr[-2000:]
+    assert "above max_failure_rate" in failed.stderr
+    assert json.loads((tmp_path / "strict" / "summary.json").read_text())["pages_ok"] == 1
+    passed = subprocess.run(cli + ["--output", str(tmp_path / "lenient"), "--max-failure-rate", "0.5"],
+                            capture_output=True, text=True)
+    assert passed.returncode == 0, passed.stderr[-2000:]
+    assert "results:" in passed.stdout
+    bad_usage = subprocess.run(cli[:3] + ["run", str(tmp_path / "nothing-here"), "--output", str(tmp_path / "x")],
+                               capture_output=True, text=True)
+    assert bad_usage.returncode == 2 and "no such file" in bad_usage.stderr

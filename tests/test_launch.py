@@ -1,0 +1,31 @@
+import logging
+
+import pytest
+
+from tasks.config import load_config
+from tasks.launch import WorkerFailed, run_worker
+from tasks.planning import prepare_run
+from tests.pages import draw_page
+
+
+def test_a_worker_past_its_timeout_is_killed_and_reported(tmp_path):
+    draw_page(tmp_path / "in" / "a.png", ["slow"], size=(80, 40), font_px=12)
+    out = tmp_path / "out"
+    plan = prepare_run(load_config(None, inputs=[str(tmp_path / "in")], output_dir=str(out), devices="cpu"))
+    lines = []
+    with pytest.raises(WorkerFailed, match="shard_timeout_s=0.5s"):
+        run_worker(out, plan.shards[0], timeout_s=0.5, sink=lambda level, text: lines.append((level, text)))
+    assert (out / "logs" / "00000.log").exists()
+    assert not (out / "done" / "00000").exists()
+
+
+def test_worker_warnings_reach_the_sink_and_the_full_log_is_kept(tmp_path):
+    out = tmp_path / "out"
+    draw_page(tmp_path / "in" / "a.png", ["x"], size=(80, 40), font_px=12)
+    plan = prepare_run(load_config(None, inputs=[str(tmp_path / "in")], output_dir=str(out), devices="cpu"))
+    (tmp_path / "in" / "a.png").write_bytes(b"broken after planning")
+    lines = []
+    run_worker(out, plan.shards[0], timeout_s=300, sink=lambda level, text: lines.append((level, text)))
+    assert any(level == logging.WARNING and "a.png page 0 failed" in text for level, text in lines)
+    assert any(text.startswith("progress shard=0 done=1 total=1") for _, text in lines)
+    assert "models loaded" in (out / "logs" / "00000.log").read_text()

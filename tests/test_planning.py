@@ -1,0 +1,91 @@
+import os
+
+import pytest
+
+from tasks.config import load_config
+from tasks.inputs import InputError, collect_pages
+from tasks.planning import PlanMismatch, make_plan, manifest_path, read_manifest, split_balanced, write_plan
+from tasks.records import PageRef
+
+
+def make_files(folder, sizes):
+    for name, size in sizes.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x" * size)
+    return folder
+
+
+def test_inputs_are_files_dirs_and_globs_sorted_and_deduplicated(tmp_path):
+    make_files(tmp_path, {"b.png": 1, "a.JPG": 1, "deep/c.tiff": 1, "notes.txt": 1, "d.webp": 1})
+    pages = collect_pages([str(tmp_path), str(tmp_path / "b.png"), str(tmp_path / "*.webp")])
+    names = [os.path.relpath(page.source, tmp_path) for page in pages]
+    assert names == ["a.JPG", "b.png", "d.webp", os.path.join("deep", "c.tiff")]
+    assert all(os.path.isabs(page.source) for page in pages)
+
+
+def test_inputs_that_name_nothing_usable_are_clear_errors(tmp_path):
+    make_files(tmp_path, {"notes.txt": 1})
+    with pytest.raises(InputError, match="no such file"):
+        collect_pages([str(tmp_path / "missing.png")])
+    with pytest.raises(InputError, match="not a supported image type"):
+        collect_pages([str(tmp_path / "notes.txt")])
+    with pytest.raises(InputError, match="no images found"):
+        collect_pages([str(tmp_path)])
+
+
+def plan_for(folder, out, devices="cpu:3", **extra):
+    config = load_config(None, inputs=[str(folder)], output_dir=str(out), devices=devices, **extra)
+    return make_plan(config)
+
+
+def test_every_input_lands_in_exactly_one_shard(tmp_path):
+    make_files(tmp_path / "in", {f"p{i:03d}.png": 100 + i * 37 % 500 for i in range(50)})
+    plan, shard_pages = plan_for(tmp_path / "in", tmp_path / "out", workers_per_device=2)
+    keys = [page.key for pages in shard_pages for page in pages]
+    assert len(plan.shards) == 6
+    assert sorted(keys) == sorted(page.key for page in collect_pages([str(tmp_path / "in")]))
+    assert len(set(keys)) == len(keys) == plan.pages_total == 50
+    assert [spec.pages for spec in plan.shards] == [len(pages) for pages in shard_pages]
+
+
+def test_same_inputs_and_config_give_a_byte_identical_plan(tmp_path):
+    make_files(tmp_path / "in", {f"p{i}.png": 10 * i + 1 for i in range(20)})
+    written = []
+    for attempt in range(2):
+        out = tmp_path / f"out{attempt}"
+        write_plan(out, *plan_for(tmp_path / "in", tmp_path / "out"))
+        written.append({path.relative_to(out): path.read_bytes() for path in sorted(out.rglob("*")) if path.is_file()})
+    assert written[0] == written[1]
+    assert len(written[0]) == 4  # run.json and three manifests
+
+
+def test_a_run_dir_planned_differently_is_refused(tmp_path):
+    make_files(tmp_path / "in", {"a.png": 1, "b.png": 2})
+    out = tmp_path / "out"
+    write_plan(out, *plan_for(tmp_path / "in", out))
+    write_plan(out, *plan_for(tmp_path / "in", out))  # the same plan again resumes
+    with pytest.raises(PlanMismatch, match="different plan"):
+        write_plan(out, *plan_for(tmp_path / "in", out, devices="cpu:1"))
+
+
+def test_shards_are_balanced_by_cost_on_a_skewed_corpus():
+    costs = [10_000] * 3 + [1_000] * 30 + [37] * 200
+    pages = [PageRef(source=f"/p{i:04d}.png", cost=cost) for i, cost in enumerate(costs)]
+    totals = [sum(page.cost for page in shard) for shard in split_balanced(pages, 4)]
+    assert max(totals) / min(totals) < 1.05
+
+
+def test_a_small_run_spreads_over_devices_before_doubling_up(tmp_path):
+    make_files(tmp_path / "in", {"a.png": 5, "b.png": 3})
+    plan, _ = plan_for(tmp_path / "in", tmp_path / "out", devices="cpu:4")
+    assert len(plan.shards) == 2
+
+
+def test_manifests_round_trip(tmp_path):
+    make_files(tmp_path / "in", {"a.png": 5, "b.png": 3, "c.png": 4})
+    out = tmp_path / "out"
+    plan, shard_pages = plan_for(tmp_path / "in", out, devices="cpu:2")
+    write_plan(out, plan, shard_pages)
+    assert manifest_path(out, 1).name == "00001.jsonl"
+    assert [read_manifest(out, shard) for shard in range(2)] == shard_pages

@@ -1,0 +1,122 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tasks.config import load_config
+from tasks.engine import EngineUnusable
+from tasks.planning import make_plan, shard_paths, write_plan
+from tasks.records import PageRecord, TextLine, complete_records, read_jsonl
+from tasks.summary import reduce_run
+from tasks.worker import run_shard
+from tests.pages import draw_page
+
+BOX = ((0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0))
+
+
+class NameEngine:
+    """A fake engine that 'reads' each image as its width; records the calls it got."""
+
+    calls: list = []
+
+    def __init__(self, models, device, threads, fail_after=None):
+        self.fail_after = fail_after
+
+    def __call__(self, image):
+        NameEngine.calls.append(image.shape)
+        if self.fail_after is not None and len(NameEngine.calls) > self.fail_after:
+            raise EngineUnusable("CUDA error: device lost")
+        return [TextLine(text=f"w{image.shape[1]}", score=1.0, box=BOX)]
+
+
+@pytest.fixture
+def planned(tmp_path):
+    for i in range(5):
+        draw_page(tmp_path / "in" / f"p{i}.png", [f"page {i}"], size=(100 + i, 40), font_px=12)
+    (tmp_path / "in" / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    config = load_config(None, inputs=[str(tmp_path / "in")], output_dir=str(out), devices="cpu:1")
+    write_plan(out, *make_plan(config))
+    NameEngine.calls = []
+    return out
+
+
+def test_a_corrupt_page_becomes_a_failed_record_and_the_shard_goes_on(planned):
+    report = run_shard(planned, 0, engine_factory=NameEngine)
+    records = {os.path.basename(r.source): r for r in read_jsonl(shard_paths(planned, 0)["records"], PageRecord)}
+    assert (report.pages_ok, report.pages_failed) == (5, 1)
+    assert records["broken.png"].status == "failed"
+    assert records["broken.png"].error.startswith("UnidentifiedImageError: ")
+    assert records["p3.png"].text == "w103"
+    assert shard_paths(planned, 0)["done"].exists()
+
+
+def test_a_killed_worker_resumes_after_its_last_record(planned):
+    with pytest.raises(EngineUnusable):
+        run_shard(planned, 0, engine_factory=lambda *a: NameEngine(*a, fail_after=3))
+    records_path = shard_paths(planned, 0)["records"]
+    assert not shard_paths(planned, 0)["done"].exists()
+    with open(records_path, "a") as handle:  # a crash in mid-write leaves a torn line
+        handle.write('{"source": "/half')
+    NameEngine.calls = []
+    report = run_shard(planned, 0, engine_factory=NameEngine)
+    assert report.pages_resumed == 4  # 3 OCR'd + broken.png (failed, not an engine call) before the crash
+    assert len(NameEngine.calls) == 2
+    summary = reduce_run(planned)
+    assert summary.problems == [] and summary.pages_ok == 5 and summary.pages_failed == 1
+
+
+def test_a_rerun_of_a_finished_shard_loads_no_model(planned):
+    run_shard(planned, 0, engine_factory=NameEngine)
+
+    def no_engine(*args):
+        raise AssertionError("model loaded for a finished shard")
+
+    assert run_shard(planned, 0, engine_factory=no_engine).pages_resumed == 6
+
+
+def test_reduce_names_missing_duplicate_and_unplanned_records(planned):
+    run_shard(planned, 0, engine_factory=NameEngine)
+    path = shard_paths(planned, 0)["records"]
+    lines = path.read_text().splitlines()
+    stranger = PageRecord.model_validate_json(lines[0]).model_copy(update={"source": "/elsewhere.png"})
+    path.write_text("\n".join(lines[1:] + [lines[2], stranger.model_dump_json()]) + "\n")
+    summary = reduce_run(planned)
+    problems = " | ".join(summary.problems)
+    assert "duplicate record" in problems and "unplanned record /elsewhere.png" in problems
+    assert "6 pages planned, 5 records" in problems
+    assert not summary.valid
+    assert (planned / "summary.json").exists()
+
+
+def test_results_are_sorted_and_failure_rate_decides_validity(planned):
+    run_shard(planned, 0, engine_factory=NameEngine)
+    summary = reduce_run(planned)
+    results = list(read_jsonl(planned / "results.jsonl", PageRecord))
+    assert [r.key for r in results] == sorted(r.key for r in results)
+    assert summary.failures_by_class == {"UnidentifiedImageError": 1}
+    assert summary.failure_rate == pytest.approx(1 / 6, abs=1e-5)
+    assert not summary.valid  # default max_failure_rate is 1%
+    assert len(list(read_jsonl(planned / "failures.jsonl", PageRecord))) == 1
+
+
+def test_a_torn_last_line_is_cut_off_never_parsed(tmp_path):
+    path = tmp_path / "records.jsonl"
+    record = PageRecord(source="/a.png", page=0, status="ok", shard=0, device="cpu")
+    path.write_text(record.model_dump_json() + "\n" + record.model_dump_json()[:20])
+    assert complete_records(path) == [record]
+    assert path.read_text() == record.model_dump_json() + "\n"
+
+
+def test_the_worker_process_never_imports_prefect():
+    code = "import tasks.worker, sys; assert 'prefect' not in sys.modules, 'prefect imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_worker_refuses_a_gpu_id_that_disagrees_with_the_plan(planned):
+    result = subprocess.run([sys.executable, "-m", "tasks.worker", "--run-dir", str(planned), "--shard", "0",
+                             "--gpu-id", "3"], capture_output=True, text=True, env={**os.environ,
+                                                                                     "CUDA_VISIBLE_DEVICES": ""})
+    assert result.returncode == 2
+    assert "planned on cpu" in result.stderr
