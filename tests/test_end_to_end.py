@@ -102,3 +102,11 @@ def test_the_cli_exits_zero_only_for_a_valid_run(word_pages, tmp_path):
     bad_usage = subprocess.run(cli[:3] + ["run", str(tmp_path / "nothing-here"), "--output", str(tmp_path / "x")],
                                capture_output=True, text=True)
     assert bad_usage.returncode == 2 and "no such file" in bad_usage.stderr
+
+
+def test_a_shard_that_keeps_failing_fails_the_flow_after_writing_the_summary(prefect_api, word_pages, tmp_path):
+    with pytest.raises(RunInvalid, match="ran past shard_timeout_s"):
+        run([word_pages / "alpha.png"], tmp_path / "out", devices="cpu:1", shard_timeout_s=0.5, shard_retries=0)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert any("ran past shard_timeout_s" in problem for problem in summary["problems"])
+    assert any("no done marker" in problem for problem in summary["problems"])
