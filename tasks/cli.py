@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -113,7 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     devices.add_argument("--json", action="store_true")
     devices.set_defaults(handler=cmd_devices)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "run":
+        # No internet is a normal place to run batch OCR: don't let Prefect's telemetry complain.
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    else:  # `run` leaves logging to Prefect, which prints flow and task logs
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.handler(args)
     except (*_EXPECTED, OSError) as exc:

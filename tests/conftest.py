@@ -10,6 +10,7 @@ def model_cache(tmp_path_factory):
     """Bundled models are materialized into a fresh cache, as on a new machine."""
     cache = tmp_path_factory.mktemp("ocrfleet-cache")
     os.environ["OCRFLEET_CACHE"] = str(cache)
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     return cache
 
 
