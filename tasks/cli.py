@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from tasks.config import ConfigError, JobConfig, load_config
-from tasks.devices import DeviceError, NvmlUnavailable, nvml_inventory
+from tasks.devices import DeviceError, visible_gpus
+from tasks.nvml import NvmlUnavailable, nvml_inventory
 from tasks.inputs import InputError
 from tasks.placement import place
 
@@ -77,22 +78,32 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_devices(args: argparse.Namespace) -> int:
     try:
-        gpus = nvml_inventory()
-        reason = None
+        gpus, reason = nvml_inventory(), None
     except NvmlUnavailable as exc:
         gpus, reason = [], str(exc)
-    placement = place(args.devices)
+    floor = JobConfig.model_fields["min_free_memory_mb"].default
+    placement = place(args.devices, min_free_memory_mb=floor)
+    visible = {gpu.index for gpu, _ in visible_gpus(gpus, os.environ)}
+    used = {device.gpu_id for device in placement.devices}
+    rows = []
+    for gpu in gpus:
+        skipped = next((w for w in placement.warnings if w.startswith(f"skipping gpu:{gpu.index} ")), None)
+        why = ("used" if gpu.index in used else skipped or
+               ("hidden by CUDA_VISIBLE_DEVICES / FLAGS_selected_gpus" if gpu.index not in visible
+                else f"not selected by --devices {args.devices}"))
+        rows.append({**gpu.model_dump(), "use": gpu.index in used, "why": why})
     if args.json:
-        print(json.dumps({"gpus": [gpu.model_dump() for gpu in gpus], "nvml_error": reason,
-                          "devices": args.devices, "would_use": [d.name for d in placement.devices],
-                          "warnings": placement.warnings}, indent=2))
+        print(json.dumps({"gpus": rows, "nvml_error": reason, "devices": args.devices,
+                          "would_use": [d.name for d in placement.devices], "warnings": placement.warnings}, indent=2))
         return 0
     if reason:
         print(f"no GPUs: {reason}")
-    used = {device.gpu_id for device in placement.devices}
-    for gpu in gpus:
-        mark = "use" if gpu.index in used else "skip"
-        print(f"  [{mark}] gpu:{gpu.index} {gpu.name} {gpu.uuid} {gpu.memory_free_mb}/{gpu.memory_total_mb} MiB free")
+    for row in rows:
+        mig = f" MIG x{len(row['mig_devices'])}" if row["mig_enabled"] else ""
+        util = f"{row['utilization_pct']}%" if row["utilization_pct"] is not None else "-"
+        print(f"  gpu:{row['index']:<2d} {row['name']:24s} {row['uuid']}  {row['memory_free_mb']:>6d}/"
+              f"{row['memory_total_mb']:<6d} MiB free  util {util:>4s}{mig}  {'USE ' if row['use'] else 'skip'} "
+              f"{'' if row['use'] else row['why']}")
     for warning in placement.warnings:
         print(f"WARNING: {warning}")
     print(f"--devices {args.devices} would run: {', '.join(device.name for device in placement.devices)}")

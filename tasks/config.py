@@ -27,6 +27,10 @@ class JobConfig(BaseModel):
         "auto",
         description="'auto' (all visible GPUs, else 1 CPU worker), 'gpu', 'gpu:0,2,3', 'cpu' or 'cpu:N'.",
     )
+    exclude: tuple[int, ...] = Field((), description="NVML indices of GPUs never to use.")
+    min_free_memory_mb: int = Field(
+        1024, ge=0, description="GPUs (or MIG instances) with less free memory are skipped with a warning."
+    )
     workers_per_device: int = Field(1, ge=1, le=64, description="Shards (worker processes) per device.")
     max_failure_rate: float = Field(
         0.01, ge=0, le=1, description="The run fails when more than this fraction of pages failed."

@@ -8,8 +8,6 @@ UUID), with `CUDA_DEVICE_ORDER=PCI_BUS_ID` so that CUDA numbers GPUs as NVML doe
 from __future__ import annotations
 
 import importlib.metadata
-import logging
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,7 +15,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-log = logging.getLogger(__name__)
 
 _SPEC = re.compile(r"^(auto|gpu|cpu)(?::(.*))?$")
 
@@ -42,6 +39,15 @@ class DeviceRequest:
     cpu_workers: int = 1
 
 
+class MigInfo(BaseModel):
+    """One MIG instance of a GPU."""
+
+    model_config = ConfigDict(frozen=True)
+    uuid: str
+    memory_total_mb: int
+    memory_free_mb: int
+
+
 class GpuInfo(BaseModel):
     """One physical GPU as NVML reports it."""
 
@@ -51,6 +57,9 @@ class GpuInfo(BaseModel):
     name: str
     memory_total_mb: int
     memory_free_mb: int
+    utilization_pct: int | None = None
+    mig_enabled: bool = False
+    mig_devices: tuple[MigInfo, ...] = ()
 
 
 class Device(BaseModel):
@@ -97,61 +106,40 @@ def parse_devices(spec: str) -> DeviceRequest:
     return DeviceRequest("gpu", gpu_ids=ids)
 
 
-class NvmlUnavailable(RuntimeError):
-    """NVML (the NVIDIA driver's management library) cannot be used here."""
-
-
-def nvml_inventory() -> list[GpuInfo]:
-    """Every GPU the driver knows, by NVML index; raises `NvmlUnavailable` with the reason."""
-    try:
-        import pynvml
-    except ImportError as exc:
-        raise NvmlUnavailable(f"pynvml is not installed ({exc})") from exc
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError as exc:
-        raise NvmlUnavailable(f"no NVIDIA driver / NVML: {exc}") from exc
-    try:
-        gpus = []
-        for index in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            gpus.append(GpuInfo(
-                index=index, uuid=_text(pynvml.nvmlDeviceGetUUID(handle)),
-                name=_text(pynvml.nvmlDeviceGetName(handle)),
-                memory_total_mb=memory.total // 2**20, memory_free_mb=memory.free // 2**20,
-            ))
-        return gpus
-    finally:
-        pynvml.nvmlShutdown()
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def visible_gpus(inventory: list[GpuInfo], env: Mapping[str, str]) -> list[tuple[GpuInfo, str]]:
-    """The GPUs this process may use, each with the CUDA_VISIBLE_DEVICES entry that names it."""
+    """The GPUs this process may use, each with the CUDA_VISIBLE_DEVICES entry that names it.
+
+    Honours an inherited CUDA_VISIBLE_DEVICES (indices, `GPU-` or `MIG-` UUIDs or unique prefixes of
+    them, empty, `-1`), then Paddle's FLAGS_selected_gpus, which picks positions among those visible.
+    """
     raw = env.get("CUDA_VISIBLE_DEVICES")
     if raw is None:
-        return [(gpu, str(gpu.index)) for gpu in inventory]
-    entries = [entry.strip() for entry in raw.split(",") if entry.strip()]
-    visible: list[tuple[GpuInfo, str]] = []
-    for entry in entries:
-        gpu = _match_entry(inventory, entry)
-        if gpu is None:
-            break  # CUDA stops at the first entry it cannot resolve ("-1" hides everything)
-        visible.append((gpu, entry))
+        visible = [(gpu, str(gpu.index)) for gpu in inventory]
+    else:
+        visible = []
+        for entry in (entry.strip() for entry in raw.split(",")):
+            gpu = _match_entry(inventory, entry) if entry else None
+            if gpu is None:
+                break  # CUDA stops at the first entry it cannot resolve ("-1" hides everything)
+            visible.append((gpu, entry))
+    selected = env.get("FLAGS_selected_gpus", "").strip()
+    if selected:
+        positions = [int(part) for part in selected.split(",") if part.strip().isdigit()]
+        visible = [visible[position] for position in positions if position < len(visible)]
     return visible
 
 
 def _match_entry(inventory: list[GpuInfo], entry: str) -> GpuInfo | None:
     if entry.isdigit():
         return next((gpu for gpu in inventory if gpu.index == int(entry)), None)
-    if entry.upper().startswith("GPU-"):
-        matches = [gpu for gpu in inventory if gpu.uuid.lower().startswith(entry.lower())]
-        return matches[0] if len(matches) == 1 else None
-    return None
+    wanted = entry.lower()
+    if wanted.startswith("gpu-"):
+        matches = [gpu for gpu in inventory if gpu.uuid.lower().startswith(wanted)]
+    elif wanted.startswith("mig-"):
+        matches = [gpu for gpu in inventory if any(m.uuid.lower().startswith(wanted) for m in gpu.mig_devices)]
+    else:
+        return None
+    return matches[0] if len(matches) == 1 else None
 
 
 def paddle_gpu_installed() -> bool:

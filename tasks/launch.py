@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tasks.placement import worker_environment
 from tasks.planning import ShardPlan, shard_paths
+from tasks.worker import EXIT_PLACEMENT
 
 LineSink = Callable[[int, str], None]
 
@@ -21,6 +22,10 @@ _LEVELS = {"WARNING": logging.WARNING, "ERROR": logging.ERROR, "CRITICAL": loggi
 
 class WorkerFailed(RuntimeError):
     """A worker process exited non-zero or ran past its timeout; the message ends with its last lines."""
+
+
+class PlacementFailed(WorkerFailed):
+    """The worker landed on a GPU other than its planned one; retrying cannot help."""
 
 
 def worker_command(run_dir: Path, spec: ShardPlan) -> list[str]:
@@ -55,7 +60,8 @@ def run_worker(run_dir: Path, spec: ShardPlan, timeout_s: float, sink: LineSink)
     reader.join(timeout=5)
     if code != 0:
         last = "\n".join(tail)
-        raise WorkerFailed(f"shard {spec.shard}: worker exited with code {code}; see {log_path}; last lines:\n{last}")
+        error = PlacementFailed if code == EXIT_PLACEMENT else WorkerFailed
+        raise error(f"shard {spec.shard}: worker exited with code {code}; see {log_path}; last lines:\n{last}")
 
 
 def _pump(process: subprocess.Popen, log_path: Path, tail: collections.deque, sink: LineSink) -> None:

@@ -1,15 +1,13 @@
 """Thin Prefect tasks over the plain modules: plan, run one shard, reduce."""
 
-import os
 from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.config import JobConfig
-from tasks.launch import run_worker
-from tasks.placement import launcher_warning, place
-from tasks.planning import Plan, ShardPlan, prepare_run, shard_paths
+from tasks.launch import PlacementFailed, run_worker
+from tasks.planning import Plan, ShardPlan, place_for, prepare_run, shard_paths
 from tasks.summary import RunSummary, reduce_run
 
 
@@ -17,10 +15,7 @@ from tasks.summary import RunSummary, reduce_run
 def plan_run(config: JobConfig) -> Plan:
     """Place devices, plan shards, materialize models and write the plan, before any worker starts."""
     logger = get_run_logger()
-    placement = place(config.devices)
-    warning = launcher_warning(os.environ)
-    if warning:
-        placement.warnings.append(warning)
+    placement = place_for(config)
     for message in placement.warnings:
         logger.warning(message)
     plan = prepare_run(config, placement)
@@ -29,7 +24,12 @@ def plan_run(config: JobConfig) -> Plan:
     return plan
 
 
-@task(name="run-shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def _worth_retrying(task, task_run, state) -> bool:
+    return not isinstance(state.result(raise_on_failure=False), PlacementFailed)
+
+
+@task(name="run-shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5,
+      retry_condition_fn=_worth_retrying)
 def run_shard(run_dir: Path, spec: ShardPlan, timeout_s: float) -> None:
     """Run one shard's worker subprocess to the end; raise so Prefect retries (the worker resumes)."""
     logger = get_run_logger()

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 
 from tasks.devices import (
     CPU, STRIPPED_NAMES, STRIPPED_PREFIXES, THREAD_VARS, Device, DeviceError, GpuInfo,
-    NvmlUnavailable, nvml_inventory, paddle_gpu_installed, parse_devices, visible_gpus,
+    paddle_gpu_installed, parse_devices, visible_gpus,
 )
+from tasks.nvml import NvmlUnavailable, nvml_inventory
 
 GPU_PADDLE_HINT = ("install the CUDA build of Paddle: pip install 'paddlepaddle-gpu>=3' --index-url "
                    "https://www.paddlepaddle.org.cn/packages/stable/cu126/ (see README, GPU quick start)")
@@ -24,43 +25,76 @@ class Placement:
 
 
 def place(spec: str, env: Mapping[str, str] | None = None,
-          inventory: Callable[[], list[GpuInfo]] = nvml_inventory,
-          paddle_gpu: Callable[[], bool] = paddle_gpu_installed) -> Placement:
-    """Resolve a devices spec against the GPUs this process may use; raise `DeviceError` if unmet."""
+          inventory: Callable[[], list[GpuInfo]] | None = None, paddle_gpu: Callable[[], bool] | None = None,
+          exclude: tuple[int, ...] = (), min_free_memory_mb: int = 0) -> Placement:
+    """Resolve a devices spec against the GPUs this process may use; raise `DeviceError` if unmet.
+
+    `inventory` and `paddle_gpu` are seams for tests (a recorded NVML inventory); by default they ask
+    NVML and the installed packages.
+    """
     env = os.environ if env is None else env
+    inventory = inventory or nvml_inventory
+    paddle_gpu = paddle_gpu or paddle_gpu_installed
     request = parse_devices(spec)
     if request.kind == "cpu":
         return Placement([CPU] * request.cpu_workers)
+    warnings: list[str] = []
     try:
-        gpus = visible_gpus(inventory(), env)
+        known = inventory()
+        gpus = visible_gpus(known, env)
         reason = "" if gpus else f"CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES')!r} hides every GPU"
+        if 0 < len(gpus) < len(known):
+            warnings.append(f"this process may use {len(gpus)} of the machine's {len(known)} GPUs "
+                            f"(CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', '<unset>')}, "
+                            f"FLAGS_selected_gpus={env.get('FLAGS_selected_gpus', '<unset>')})")
     except NvmlUnavailable as exc:
         gpus, reason = [], str(exc)
     if gpus and not paddle_gpu():
-        reason = f"{len(gpus)} GPU(s) present but the installed Paddle is CPU-only; {GPU_PADDLE_HINT}"
-        gpus_usable: list[tuple[GpuInfo, str]] = []
-    else:
-        gpus_usable = gpus
-    if request.kind == "auto":
-        if not gpus_usable:
-            return Placement([CPU], [f"devices=auto: no usable GPU ({reason}); falling back to 1 CPU worker"])
-        return Placement([_gpu_device(gpu, entry) for gpu, entry in gpus_usable])
-    if not gpus_usable:
-        raise DeviceError(f"devices={spec}: no usable GPU ({reason}); pass --devices cpu to run on CPU")
-    if request.gpu_ids is None:
-        return Placement([_gpu_device(gpu, entry) for gpu, entry in gpus_usable])
-    by_index = {gpu.index: (gpu, entry) for gpu, entry in gpus_usable}
-    missing = [gpu_id for gpu_id in request.gpu_ids if gpu_id not in by_index]
-    if missing:
+        reason, gpus = f"{len(gpus)} GPU(s) present but the installed Paddle is CPU-only; {GPU_PADDLE_HINT}", []
+    by_index = {gpu.index: (gpu, entry) for gpu, entry in gpus}
+    wanted = list(request.gpu_ids) if request.gpu_ids is not None else list(by_index)
+    missing = [gpu_id for gpu_id in wanted if gpu_id not in by_index]
+    if missing and by_index:
         raise DeviceError(
             f"devices={spec}: GPU(s) {missing} are not available; this process may use NVML indices "
-            f"{sorted(by_index)} (CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', '<unset>')})"
-        )
-    return Placement([_gpu_device(*by_index[gpu_id]) for gpu_id in request.gpu_ids])
+            f"{sorted(by_index)} (CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', '<unset>')})")
+    chosen = []
+    for gpu_id in wanted:
+        if gpu_id not in by_index:
+            continue
+        gpu, entry = by_index[gpu_id]
+        skip = _skip_reason(gpu, entry, exclude, min_free_memory_mb)
+        if skip:
+            warnings.append(f"skipping gpu:{gpu_id} ({gpu.name}): {skip}")
+        else:
+            chosen.append(_gpu_device(gpu, entry))
+    if chosen:
+        return Placement(chosen, warnings)
+    reason = reason or "every GPU was skipped: " + "; ".join(warnings)
+    if request.kind == "auto":
+        return Placement([CPU], warnings + [f"devices=auto: no usable GPU ({reason}); falling back to 1 CPU worker"])
+    raise DeviceError(f"devices={spec}: no usable GPU ({reason}); pass --devices cpu to run on CPU")
+
+
+def _skip_reason(gpu: GpuInfo, entry: str, exclude: tuple[int, ...], min_free_mb: int) -> str | None:
+    if gpu.index in exclude:
+        return "listed in exclude"
+    free = next((mig.memory_free_mb for mig in gpu.mig_devices if mig.uuid == _mig_uuid(gpu, entry)),
+                gpu.memory_free_mb)
+    if free < min_free_mb:
+        return f"{free} MiB free, below min_free_memory_mb={min_free_mb}"
+    return None
+
+
+def _mig_uuid(gpu: GpuInfo, entry: str) -> str | None:
+    wanted = entry.lower()
+    return next((mig.uuid for mig in gpu.mig_devices if wanted.startswith("mig-") and
+                 mig.uuid.lower().startswith(wanted)), None)
 
 
 def _gpu_device(gpu: GpuInfo, entry: str) -> Device:
-    return Device(name=f"gpu:{gpu.index}", gpu_id=gpu.index, cuda_visible=entry, uuid=gpu.uuid)
+    return Device(name=f"gpu:{gpu.index}", gpu_id=gpu.index, cuda_visible=entry,
+                  uuid=_mig_uuid(gpu, entry) or gpu.uuid)
 
 
 def worker_env_overrides(device: Device, threads: int) -> dict[str, str]:

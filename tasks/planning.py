@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+import os
 import importlib.metadata
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from tasks.config import JobConfig
 from tasks.devices import Device, DeviceError
 from tasks.inputs import collect_pages
 from tasks.models import Engine, ModelDirs, bundled_dir, default_cache_dir, is_bundled, materialize
-from tasks.placement import Placement, default_threads, place, worker_env_overrides
+from tasks.placement import Placement, default_threads, launcher_warning, place, worker_env_overrides
 from tasks.records import PageRef, read_jsonl, write_atomic
 
 _VERSIONED = ("ocrfleet", "paddleocr", "paddlex", "paddlepaddle", "paddlepaddle-gpu", "onnxruntime",
@@ -49,7 +50,7 @@ class Plan(BaseModel):
 
 def make_plan(config: JobConfig, placement: Placement | None = None) -> tuple[Plan, list[list[PageRef]]]:
     """Plan a run without writing anything: the plan and each shard's pages."""
-    placement = placement or place(config.devices)
+    placement = placement or place_for(config)
     pages = collect_pages(config.inputs)
     slots = [device for device in placement.devices for _ in range(config.workers_per_device)]
     shard_pages = split_balanced(pages, min(len(slots), len(pages)))
@@ -64,6 +65,15 @@ def make_plan(config: JobConfig, placement: Placement | None = None) -> tuple[Pl
     plan = Plan(config=config, models=resolve_models(config, placement.devices), threads_per_worker=threads,
                 pages_total=len(pages), shards=shards, warnings=tuple(placement.warnings), versions=_versions())
     return plan, shard_pages
+
+
+def place_for(config: JobConfig) -> Placement:
+    """Place the config's devices against this machine, with its exclusions and memory floor."""
+    placement = place(config.devices, exclude=config.exclude, min_free_memory_mb=config.min_free_memory_mb)
+    warning = launcher_warning(os.environ)
+    if warning:
+        placement.warnings.append(warning)
+    return placement
 
 
 def split_balanced(pages: list[PageRef], shards: int) -> list[list[PageRef]]:

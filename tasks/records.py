@@ -63,6 +63,9 @@ class ShardReport(BaseModel):
     gpu_id: int | None = None
     pid: int
     hostname: str
+    gpu_uuid: str | None = None  # the device the worker actually holds, as NVML saw it from inside
+    gpu_name: str | None = None
+    placement_verified: bool = False
     pages_planned: int
     pages_resumed: int
     pages_ok: int

@@ -68,24 +68,37 @@ def reduce_run(run_dir: Path, shard_errors: dict[int, str] | None = None, wall_s
             shard=spec.shard, device=spec.device.name, pages_planned=spec.pages, records=len(shard_records),
             pages_ok=sum(r.status == "ok" for r in shard_records),
             pages_failed=sum(r.status == "failed" for r in shard_records), report=report))
+    problems += _placement_problems(plan, shards)
+    warnings = list(plan.warnings) + [w for shard in shards if shard.report for w in shard.report.warnings]
     records.sort(key=lambda record: record.key)
     failed = [record for record in records if record.status == "failed"]
     write_atomic(run_dir / "results.jsonl", "".join(r.model_dump_json() + "\n" for r in records))
     write_atomic(run_dir / "failures.jsonl", "".join(r.model_dump_json() + "\n" for r in failed))
-    summary = _summarize(run_dir, plan, records, failed, shards, problems, wall_s)
+    summary = _summarize(run_dir, plan, records, failed, shards, problems, warnings, wall_s)
     write_atomic(run_dir / "summary.json", summary.model_dump_json(indent=2) + "\n")
     return summary
 
 
 def _summarize(run_dir: Path, plan: Plan, records: list[PageRecord], failed: list[PageRecord],
-               shards: list[ShardSummary], problems: list[str], wall_s: float | None) -> RunSummary:
+               shards: list[ShardSummary], problems: list[str], warnings: list[str],
+               wall_s: float | None) -> RunSummary:
     by_class = collections.Counter(record.error_class or "Unknown" for record in failed)
     return RunSummary(
         run_dir=str(run_dir), pages_planned=plan.pages_total, pages_ok=len(records) - len(failed),
         pages_failed=len(failed), failure_rate=round(len(failed) / plan.pages_total, 6) if plan.pages_total else 0.0,
         max_failure_rate=plan.config.max_failure_rate, failures_by_class=dict(sorted(by_class.items())),
         wall_s=round(wall_s, 3) if wall_s is not None else None, shards=shards,
-        warnings=list(plan.warnings), problems=problems)
+        warnings=warnings, problems=problems)
+
+
+def _placement_problems(plan: Plan, shards: list[ShardSummary]) -> list[str]:
+    """Shards whose worker reported holding a GPU other than the planned one."""
+    return [
+        f"shard {spec.shard}: planned on {spec.device.name} ({spec.device.uuid}) but ran on "
+        f"{shard.report.gpu_uuid} ({shard.report.gpu_name}), pid {shard.report.pid}"
+        for spec, shard in zip(plan.shards, shards)
+        if shard.report and shard.report.gpu_uuid and shard.report.gpu_uuid != spec.device.uuid
+    ]
 
 
 def _reconcile(run_dir: Path, shard: int) -> tuple[list[PageRecord], list[str]]:

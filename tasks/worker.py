@@ -19,7 +19,9 @@ Logs go to stderr as `LEVEL name: message`; progress lines start with `progress`
 
 Exit codes: 0 when the shard ran to the end, even if pages failed (those are failed records);
 2 for a bad invocation or plan; 3 when the engine became unusable (device lost, out of memory), so
-the parent retries the shard in a fresh process, which resumes after the last record written.
+the parent retries the shard in a fresh process, which resumes after the last record written;
+4 when the GPU the worker holds (asked of NVML from inside, right after the model load and before
+any page) is not the planned one, which no retry can mend.
 """
 
 from __future__ import annotations
@@ -33,11 +35,33 @@ import time
 import warnings
 from pathlib import Path
 
+from tasks.devices import Device, GpuInfo
 from tasks.engine import EngineUnusable, OcrEngine, PaddleOcrEngine, load_image
+from tasks.nvml import NvmlUnavailable, held_device
 from tasks.planning import Plan, ShardPlan, read_manifest, read_plan, shard_paths
 from tasks.records import PageRecord, PageRef, ShardReport, complete_records, write_atomic
 
 log = logging.getLogger("tasks.worker")
+
+EXIT_PLACEMENT = 4
+
+
+class PlacementMismatch(RuntimeError):
+    """The worker holds a GPU other than the one its shard was planned on."""
+
+
+def verify_placement(device: Device, held: GpuInfo | None, pid: int) -> GpuInfo | str:
+    """The GPU this process holds, checked against the plan; a warning text if NVML cannot tell."""
+    if held is None:
+        return (f"cannot verify placement of pid {pid} on {device.name}: NVML lists no CUDA context for it "
+                "(a container PID namespace hides it)")
+    if held.uuid != device.uuid:
+        raise PlacementMismatch(
+            f"planned on {device.name} ({device.uuid}, CUDA_VISIBLE_DEVICES={device.cuda_visible!r}) but pid {pid} "
+            f"runs on gpu:{held.index} ({held.uuid}, {held.name}); check CUDA_DEVICE_ORDER and the parent's "
+            "CUDA_VISIBLE_DEVICES")
+    log.info("placement verified: pid %d on %s %s (%s)", pid, device.name, held.name, held.uuid)
+    return held
 
 
 def ocr_page(engine: OcrEngine, page: PageRef, shard: int, device: str) -> PageRecord:
@@ -53,7 +77,15 @@ def ocr_page(engine: OcrEngine, page: PageRef, shard: int, device: str) -> PageR
                       text="\n".join(line.text for line in lines), lines=tuple(lines))
 
 
-def run_shard(run_dir: Path, shard: int, engine_factory=PaddleOcrEngine) -> ShardReport:
+def _held_gpu(device: Device) -> GpuInfo | str:
+    try:
+        return verify_placement(device, held_device(os.getpid()), os.getpid())
+    except NvmlUnavailable as exc:
+        return f"cannot verify placement on {device.name}: {exc}"
+
+
+def run_shard(run_dir: Path, shard: int, engine_factory=PaddleOcrEngine,
+              check_placement=_held_gpu) -> ShardReport:
     """Process every page of the shard not yet recorded; write the report, then the done marker."""
     plan = read_plan(run_dir)
     spec = plan.shards[shard]
@@ -66,8 +98,15 @@ def run_shard(run_dir: Path, shard: int, engine_factory=PaddleOcrEngine) -> Shar
     started = time.monotonic()
     engine = engine_factory(plan.models, _paddle_device(spec), plan.threads_per_worker) if todo else None
     load_s = time.monotonic() - started
+    held, warnings = None, []
     if engine is not None:
         log.info("shard %d: %s models loaded in %.1fs", shard, plan.models.engine, load_s)
+    if engine is not None and spec.device.is_gpu:
+        # Right after the model load, before any page: the CUDA context now exists and NVML can see it.
+        held = check_placement(spec.device)
+        if isinstance(held, str):
+            log.warning(held)
+            held, warnings = None, [held]
     ok = failed = 0
     started = last_progress = time.monotonic()
     paths["records"].parent.mkdir(parents=True, exist_ok=True)
@@ -86,7 +125,8 @@ def run_shard(run_dir: Path, shard: int, engine_factory=PaddleOcrEngine) -> Shar
     ocr_s = time.monotonic() - started
     report = ShardReport(
         shard=shard, device=spec.device.name, gpu_id=spec.device.gpu_id, pid=os.getpid(),
-        hostname=socket.gethostname(), pages_planned=len(pages), pages_resumed=len(pages) - len(todo),
+        hostname=socket.gethostname(), gpu_uuid=held.uuid if held else None, gpu_name=held.name if held else None,
+        placement_verified=held is not None, warnings=tuple(warnings), pages_planned=len(pages), pages_resumed=len(pages) - len(todo),
         pages_ok=ok, pages_failed=failed, model_load_s=round(load_s, 3), ocr_s=round(ocr_s, 3),
         pages_per_s=round(len(todo) / ocr_s, 3) if todo and ocr_s > 0 else 0.0,
     )
@@ -134,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     except EngineUnusable as exc:
         log.error("shard %d: engine unusable, exiting for a retry in a fresh process: %s", args.shard, exc)
         return 3
+    except PlacementMismatch as exc:
+        log.error("shard %d: placement mismatch: %s", args.shard, exc)
+        return EXIT_PLACEMENT
     return 0
 
 

@@ -1,6 +1,7 @@
 import pytest
 
-from tasks.devices import DeviceError, GpuInfo, NvmlUnavailable, parse_devices
+from tasks.devices import DeviceError, GpuInfo, MigInfo, parse_devices
+from tasks.nvml import NvmlUnavailable
 from tasks.placement import default_threads, launcher_warning, place, worker_env_overrides, worker_environment
 from tasks.planning import ShardPlan
 from tasks.launch import worker_command
@@ -111,3 +112,92 @@ def test_threads_are_shared_out_without_oversubscribing():
     assert default_threads(2, cpus=2) == 1
     assert default_threads(3, cpus=16) == 5
     assert default_threads(8, cpus=2) == 1
+
+
+MIG_GPU = GpuInfo(index=0, uuid="GPU-aaaa", name="NVIDIA A100", memory_total_mb=40960, memory_free_mb=40000,
+                  mig_enabled=True, mig_devices=(MigInfo(uuid="MIG-1111-aaaa", memory_total_mb=9856, memory_free_mb=9000),
+                                                 MigInfo(uuid="MIG-2222-bbbb", memory_total_mb=9856, memory_free_mb=500)))
+
+
+def test_mig_instances_are_named_by_their_uuid_and_checked_for_memory():
+    placement = placed("gpu", env={"CUDA_VISIBLE_DEVICES": "MIG-1111-aaaa"}, gpus=[MIG_GPU])
+    assert [(d.name, d.cuda_visible, d.uuid) for d in placement.devices] == [("gpu:0", "MIG-1111-aaaa", "MIG-1111-aaaa")]
+    low = place("auto", env={"CUDA_VISIBLE_DEVICES": "MIG-2222"}, inventory=inventory([MIG_GPU]),
+                paddle_gpu=lambda: True, min_free_memory_mb=1024)
+    assert [d.name for d in low.devices] == ["cpu"]
+    assert "500 MiB free, below min_free_memory_mb=1024" in low.warnings[0]
+
+
+def test_flags_selected_gpus_picks_positions_among_the_visible_gpus():
+    devices = placed("gpu", env={"CUDA_VISIBLE_DEVICES": "4,5,6,7", "FLAGS_selected_gpus": "1,3"}).devices
+    assert [(d.gpu_id, d.cuda_visible) for d in devices] == [(5, "5"), (7, "7")]
+
+
+def test_excluded_and_busy_gpus_are_skipped_loudly():
+    busy = [gpu.model_copy(update={"memory_free_mb": 300}) if gpu.index == 2 else gpu for gpu in EIGHT]
+    placement = place("gpu", env={}, inventory=inventory(busy), paddle_gpu=lambda: True,
+                      exclude=(0, 1), min_free_memory_mb=1024)
+    assert [d.gpu_id for d in placement.devices] == [3, 4, 5, 6, 7]
+    assert [w.split(" (")[0] for w in placement.warnings] == ["skipping gpu:0", "skipping gpu:1", "skipping gpu:2"]
+    assert "listed in exclude" in placement.warnings[0] and "300 MiB free" in placement.warnings[2]
+    with pytest.raises(DeviceError, match="every GPU was skipped"):
+        place("gpu:0,1", env={}, inventory=inventory(), paddle_gpu=lambda: True, exclude=(0, 1))
+
+
+def test_a_restricted_parent_is_said_out_loud():
+    placement = placed("auto", env={"CUDA_VISIBLE_DEVICES": "6"})
+    assert [d.gpu_id for d in placement.devices] == [6]
+    assert "may use 1 of the machine's 8 GPUs" in placement.warnings[0]
+
+
+@pytest.mark.parametrize("platform", ["linux", "win32"])
+def test_mapping_is_the_same_on_every_platform(monkeypatch, platform):
+    monkeypatch.setattr("sys.platform", platform)
+    devices = placed("gpu:1,3", env={"CUDA_VISIBLE_DEVICES": "0,1,2,3"}).devices
+    assert [(d.gpu_id, d.cuda_visible) for d in devices] == [(1, "1"), (3, "3")]
+
+
+def test_thread_budget_works_where_there_is_no_sched_getaffinity(monkeypatch):
+    monkeypatch.delattr("os.sched_getaffinity", raising=False)  # as on Windows and macOS
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert default_threads(4) == 4
+
+
+def test_plan_under_inherited_uuids_shows_each_workers_exact_env(monkeypatch, tmp_path, capsys):
+    from tasks.cli import main
+
+    monkeypatch.setattr("tasks.placement.nvml_inventory", inventory())
+    monkeypatch.setattr("tasks.placement.paddle_gpu_installed", lambda: True)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", ",".join(gpu.uuid for gpu in EIGHT))
+    (tmp_path / "a.png").write_bytes(b"x" * 10)
+    (tmp_path / "b.png").write_bytes(b"x" * 20)
+    assert main(["plan", str(tmp_path), "--output", str(tmp_path / "out"), "--devices", "gpu:1,3"]) == 0
+    out = capsys.readouterr().out
+    assert f"gpu:1    pages=1" in out and f"CUDA_VISIBLE_DEVICES='{EIGHT[1].uuid}'" in out and "--gpu-id 1" in out
+    assert f"CUDA_VISIBLE_DEVICES='{EIGHT[3].uuid}'" in out and "--gpu-id 3" in out
+    assert "CUDA_DEVICE_ORDER='PCI_BUS_ID'" in out and not (tmp_path / "out").exists()
+
+
+def test_devices_without_a_driver_explains_itself_and_exits_zero(monkeypatch, capsys):
+    from tasks.cli import main
+
+    monkeypatch.setattr("tasks.cli.nvml_inventory", no_nvml)
+    monkeypatch.setattr("tasks.placement.nvml_inventory", no_nvml)
+    assert main(["devices"]) == 0
+    out = capsys.readouterr().out
+    assert "no GPUs: no NVIDIA driver / NVML" in out and "--devices auto would run: cpu" in out
+
+
+def test_devices_marks_what_a_run_would_use_and_why_not_the_rest(monkeypatch, capsys):
+    from tasks.cli import main
+
+    busy = [gpu.model_copy(update={"memory_free_mb": 100}) if gpu.index == 5 else gpu for gpu in EIGHT]
+    monkeypatch.setattr("tasks.cli.nvml_inventory", inventory(busy))
+    monkeypatch.setattr("tasks.placement.nvml_inventory", inventory(busy))
+    monkeypatch.setattr("tasks.placement.paddle_gpu_installed", lambda: True)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6")
+    assert main(["devices", "--devices", "gpu:4,5", "--json"]) == 0
+    rows = {row["index"]: row for row in __import__("json").loads(capsys.readouterr().out)["gpus"]}
+    assert rows[4]["use"] and not rows[5]["use"] and "100 MiB free" in rows[5]["why"]
+    assert rows[6]["why"] == "not selected by --devices gpu:4,5"
+    assert rows[0]["why"].startswith("hidden by CUDA_VISIBLE_DEVICES")

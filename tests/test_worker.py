@@ -120,3 +120,63 @@ def test_a_worker_refuses_a_gpu_id_that_disagrees_with_the_plan(planned):
                                                                                      "CUDA_VISIBLE_DEVICES": ""})
     assert result.returncode == 2
     assert "planned on cpu" in result.stderr
+
+
+@pytest.fixture
+def gpu_planned(tmp_path):
+    from tasks.placement import place
+    from tests.test_devices import EIGHT, inventory
+
+    for i in range(3):
+        draw_page(tmp_path / "in" / f"p{i}.png", [f"page {i}"], size=(100 + i, 40), font_px=12)
+    out = tmp_path / "out"
+    config = load_config(None, inputs=[str(tmp_path / "in")], output_dir=str(out), devices="gpu:1,3")
+    placement = place("gpu:1,3", env={}, inventory=inventory(), paddle_gpu=lambda: True)
+    write_plan(out, *make_plan(config, placement))
+    return out, EIGHT
+
+
+def test_a_worker_on_the_wrong_gpu_stops_before_any_page(gpu_planned):
+    from tasks.worker import PlacementMismatch, verify_placement
+
+    out, gpus = gpu_planned
+    with pytest.raises(PlacementMismatch, match=r"planned on gpu:1 .* runs on gpu:0"):
+        run_shard(out, 0, engine_factory=NameEngine, check_placement=lambda d: verify_placement(d, gpus[0], 4242))
+    records = shard_paths(out, 0)["records"]
+    assert not records.exists() or records.read_text() == ""
+
+
+def test_the_gpu_a_worker_holds_goes_into_its_report_and_the_summary(gpu_planned):
+    from tasks.worker import verify_placement
+
+    out, gpus = gpu_planned
+    for shard, gpu in ((0, gpus[1]), (1, gpus[3])):
+        report = run_shard(out, shard, engine_factory=NameEngine,
+                           check_placement=lambda d, gpu=gpu: verify_placement(d, gpu, 4242))
+        assert (report.gpu_uuid, report.gpu_name, report.placement_verified) == (gpu.uuid, gpu.name, True)
+    summary = reduce_run(out)
+    assert summary.problems == []
+    assert [s.report.gpu_uuid for s in summary.shards] == [gpus[1].uuid, gpus[3].uuid]
+
+
+def test_an_unverifiable_placement_is_a_warning_in_the_summary(gpu_planned):
+    from tasks.worker import verify_placement
+
+    out, _ = gpu_planned
+    for shard in (0, 1):
+        run_shard(out, shard, engine_factory=NameEngine, check_placement=lambda d: verify_placement(d, None, 4242))
+    summary = reduce_run(out)
+    assert summary.problems == [] and len(summary.warnings) == 2
+    assert "NVML lists no CUDA context" in summary.warnings[0]
+
+
+def test_reduce_names_a_shard_that_ran_on_another_gpu(gpu_planned):
+    from tasks.worker import verify_placement
+
+    out, gpus = gpu_planned
+    for shard, gpu in ((0, gpus[1]), (1, gpus[3])):
+        run_shard(out, shard, engine_factory=NameEngine, check_placement=lambda d, gpu=gpu: verify_placement(d, gpu, 1))
+    report_path = shard_paths(out, 1)["report"]
+    report_path.write_text(report_path.read_text().replace(gpus[3].uuid, gpus[1].uuid))
+    problems = reduce_run(out).problems
+    assert len(problems) == 1 and problems[0].startswith(f"shard 1: planned on gpu:3 ({gpus[3].uuid}) but ran on")
