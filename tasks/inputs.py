@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from tasks.records import PageRef
@@ -16,7 +16,7 @@ class InputError(ValueError):
     """An input argument that names nothing usable."""
 
 
-def collect_pages(inputs: Iterable[str]) -> list[PageRef]:
+def collect_pages(inputs: Sequence[str]) -> list[PageRef]:
     """Every page named by `inputs`, sorted by source and de-duplicated; cost is the file size."""
     files: set[str] = set()
     for spec in inputs:
