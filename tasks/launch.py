@@ -24,8 +24,36 @@ class WorkerFailed(RuntimeError):
     """A worker process exited non-zero or ran past its timeout; the message ends with its last lines."""
 
 
-class PlacementFailed(WorkerFailed):
-    """The worker landed on a GPU other than its planned one; retrying cannot help."""
+class NotRetryable(WorkerFailed):
+    """A shard failure that a retry cannot mend."""
+
+
+class PlacementFailed(NotRetryable):
+    """The worker landed on a GPU other than its planned one."""
+
+
+class RunAborted(NotRetryable):
+    """Another shard of the run failed in a way that invalidates the whole run, so this one was stopped."""
+
+
+# Workers running in this process, by run dir, so that a placement mismatch in one shard stops its
+# siblings at once instead of letting them OCR pages into a run that is already invalid.
+_lock = threading.Lock()
+_running: dict[Path, set[subprocess.Popen]] = collections.defaultdict(set)
+_aborted: dict[Path, str] = {}
+
+
+def abort_run(run_dir: Path, reason: str) -> None:
+    """Stop every worker of the run and refuse new ones until `reset_run`."""
+    with _lock:
+        _aborted[run_dir] = reason
+        for process in _running[run_dir]:
+            process.kill()
+
+
+def reset_run(run_dir: Path) -> None:
+    with _lock:
+        _aborted.pop(run_dir, None)
 
 
 def worker_command(run_dir: Path, spec: ShardPlan) -> list[str]:
@@ -40,9 +68,22 @@ def run_worker(run_dir: Path, spec: ShardPlan, timeout_s: float, sink: LineSink)
     log_path = shard_paths(run_dir, spec.shard)["log"]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = worker_environment(os.environ, {**spec.env, "PYTHONUNBUFFERED": "1"})
-    # Same process group as the flow: cancelling the flow run kills its group, and so every worker.
-    process = subprocess.Popen(worker_command(run_dir, spec), env=env, stdin=subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+    with _lock:
+        if run_dir in _aborted:
+            raise RunAborted(f"shard {spec.shard}: not started, the run was stopped: {_aborted[run_dir]}")
+        # Same process group as the flow: cancelling the flow run kills its group, and so every worker.
+        process = subprocess.Popen(worker_command(run_dir, spec), env=env, stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+        _running[run_dir].add(process)
+    try:
+        _wait(process, run_dir, spec, timeout_s, log_path, sink)
+    finally:
+        with _lock:
+            _running[run_dir].discard(process)
+
+
+def _wait(process: subprocess.Popen, run_dir: Path, spec: ShardPlan, timeout_s: float, log_path: Path,
+          sink: LineSink) -> None:
     tail: collections.deque[str] = collections.deque(maxlen=20)
     reader = threading.Thread(target=_pump, args=(process, log_path, tail, sink), daemon=True)
     reader.start()
@@ -58,10 +99,16 @@ def run_worker(run_dir: Path, spec: ShardPlan, timeout_s: float, sink: LineSink)
             process.kill()
             process.wait()
     reader.join(timeout=5)
-    if code != 0:
-        last = "\n".join(tail)
-        error = PlacementFailed if code == EXIT_PLACEMENT else WorkerFailed
-        raise error(f"shard {spec.shard}: worker exited with code {code}; see {log_path}; last lines:\n{last}")
+    if code == 0:
+        return
+    last = "\n".join(tail)
+    message = f"shard {spec.shard}: worker exited with code {code}; see {log_path}; last lines:\n{last}"
+    if code == EXIT_PLACEMENT:
+        abort_run(run_dir, f"shard {spec.shard} landed on the wrong GPU")
+        raise PlacementFailed(message)
+    if run_dir in _aborted:
+        raise RunAborted(f"shard {spec.shard}: stopped because {_aborted[run_dir]}")
+    raise WorkerFailed(message)
 
 
 def _pump(process: subprocess.Popen, log_path: Path, tail: collections.deque, sink: LineSink) -> None:

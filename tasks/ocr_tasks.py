@@ -6,7 +6,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.config import JobConfig
-from tasks.launch import PlacementFailed, run_worker
+from tasks.launch import NotRetryable, reset_run, run_worker
 from tasks.planning import Plan, ShardPlan, place_for, prepare_run, shard_paths
 from tasks.summary import RunSummary, reduce_run
 
@@ -19,13 +19,14 @@ def plan_run(config: JobConfig) -> Plan:
     for message in placement.warnings:
         logger.warning(message)
     plan = prepare_run(config, placement)
+    reset_run(Path(config.output_dir))  # a rerun in this process starts unblocked
     for spec in plan.shards:
         logger.info("shard %d: %d pages on %s", spec.shard, spec.pages, spec.device.name)
     return plan
 
 
 def _worth_retrying(task, task_run, state) -> bool:
-    return not isinstance(state.result(raise_on_failure=False), PlacementFailed)
+    return not isinstance(state.result(raise_on_failure=False), NotRetryable)
 
 
 @task(name="run-shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5,
