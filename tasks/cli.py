@@ -87,8 +87,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
     used = {device.gpu_id for device in placement.devices}
     rows = []
     for gpu in gpus:
-        skipped = next((w for w in placement.warnings if w.startswith(f"skipping gpu:{gpu.index} ")), None)
-        why = ("used" if gpu.index in used else skipped or
+        why = ("used" if gpu.index in used else placement.skipped.get(gpu.index) or
                ("hidden by CUDA_VISIBLE_DEVICES / FLAGS_selected_gpus" if gpu.index not in visible
                 else f"not selected by --devices {args.devices}"))
         rows.append({**gpu.model_dump(), "use": gpu.index in used, "why": why})

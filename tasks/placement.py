@@ -22,6 +22,7 @@ class Placement:
 
     devices: list[Device]
     warnings: list[str] = field(default_factory=list)
+    skipped: dict[int, str] = field(default_factory=dict)  # NVML index -> why it is not used
 
 
 def place(spec: str, env: Mapping[str, str] | None = None,
@@ -58,21 +59,23 @@ def place(spec: str, env: Mapping[str, str] | None = None,
         raise DeviceError(
             f"devices={spec}: GPU(s) {missing} are not available; this process may use NVML indices "
             f"{sorted(by_index)} (CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', '<unset>')})")
-    chosen = []
+    chosen, skipped = [], {}
     for gpu_id in wanted:
         if gpu_id not in by_index:
             continue
         gpu, entry = by_index[gpu_id]
         skip = _skip_reason(gpu, entry, exclude, min_free_memory_mb)
         if skip:
+            skipped[gpu_id] = skip
             warnings.append(f"skipping gpu:{gpu_id} ({gpu.name}): {skip}")
         else:
             chosen.append(_gpu_device(gpu, entry))
     if chosen:
-        return Placement(chosen, warnings)
+        return Placement(chosen, warnings, skipped)
     reason = reason or "every GPU was skipped: " + "; ".join(warnings)
     if request.kind == "auto":
-        return Placement([CPU], warnings + [f"devices=auto: no usable GPU ({reason}); falling back to 1 CPU worker"])
+        return Placement([CPU], warnings + [f"devices=auto: no usable GPU ({reason}); falling back to 1 CPU worker"],
+                         skipped)
     raise DeviceError(f"devices={spec}: no usable GPU ({reason}); pass --devices cpu to run on CPU")
 
 
