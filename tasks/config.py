@@ -23,6 +23,20 @@ class JobConfig(BaseModel):
         description="Image files, directories (searched recursively) or glob patterns.",
     )
     output_dir: Path = Field(..., description="Run directory: plan, records, results, summary.")
+    include_globs: tuple[str, ...] = Field(
+        (), description="Only inputs whose path matches one of these globs (all when empty)."
+    )
+    exclude_globs: tuple[str, ...] = Field((), description="Inputs whose path matches one of these globs are skipped.")
+    manifest_path_column: str = Field("path", description="Column holding the input path in .csv/.jsonl manifests.")
+    pdf_dpi: int = Field(150, ge=36, le=600, description="Resolution PDF pages are rendered at.")
+    max_image_pixels: int = Field(
+        100_000_000, ge=1, description="Pages with more pixels fail as DecompressionBomb instead of being decoded."
+    )
+    outputs: tuple[Literal["pages", "parquet", "text", "vis"], ...] = Field(
+        ("pages", "parquet", "text"),
+        description="Outputs besides results.jsonl: per-page PaddleOCR JSON under pages/, results.parquet, "
+        "text per document under text/, box visualizations of a sample under vis/.",
+    )
     devices: str = Field(
         "auto",
         description="'auto' (all visible GPUs, else 1 CPU worker), 'gpu', 'gpu:0,2,3', 'cpu' or 'cpu:N'.",
@@ -57,6 +71,15 @@ class JobConfig(BaseModel):
     shard_timeout_s: float = Field(86400.0, gt=0, description="A worker running longer than this is killed.")
     shard_retries: int = Field(2, ge=0, le=20, description="Restarts of a failed worker; each resumes.")
     progress_interval_s: float = Field(10.0, gt=0, description="Seconds between a worker's progress lines.")
+    page_timeout_s: float = Field(
+        600.0, gt=0, description="A page in flight longer than this kills its worker; it counts as a crash on the page."
+    )
+    max_page_crashes: int = Field(
+        2, ge=1, le=10, description="A page in flight during this many worker deaths is failed as WorkerCrashed."
+    )
+    max_worker_rss_mb: int | None = Field(
+        16384, ge=256, description="A worker past this resident memory is restarted between pages (null: never)."
+    )
 
     @field_validator("devices")
     @classmethod

@@ -20,6 +20,8 @@ class PageRef(BaseModel):
     source: str
     page: int = 0
     cost: float = 0.0
+    size: int = 0  # the file's size and mtime when planned: with the content hash, a record's identity
+    mtime_ns: int = 0
 
     @property
     def key(self) -> tuple[str, int]:
