@@ -3,11 +3,13 @@
 import time
 from pathlib import Path
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.futures import wait
+from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks.config import JobConfig
+from tasks.lock import hold_devices, hold_run_dir
 from tasks.ocr_tasks import plan_run, reduce_shards, run_shard
 from tasks.summary import RunSummary
 
@@ -22,16 +24,19 @@ def ocr_run(config: JobConfig) -> RunSummary:
     """OCR every input on every planned device; fail unless each page has exactly one record."""
     started = time.monotonic()
     run_dir = Path(config.output_dir)
-    plan = plan_run(config)
-    shard_task = run_shard.with_options(retries=config.shard_retries)
-    futures = [shard_task.submit(run_dir, spec, config.shard_timeout_s) for spec in plan.shards]
-    wait(futures)
-    shard_errors = {
-        spec.shard: str(future.state.result(raise_on_failure=False))
-        for spec, future in zip(plan.shards, futures)
-        if not future.state.is_completed()
-    }
-    summary = reduce_shards(run_dir, shard_errors, time.monotonic() - started)
+    holder = f"flow run {flow_run.get_name() or flow_run.get_id()}"
+    with hold_run_dir(run_dir, holder):
+        plan = plan_run(config)
+        with hold_devices([spec.device for spec in plan.shards], holder, say=get_run_logger().warning):
+            shard_task = run_shard.with_options(retries=config.shard_retries)
+            futures = [shard_task.submit(run_dir, spec) for spec in plan.shards]
+            wait(futures)
+        shard_errors = {
+            spec.shard: str(future.state.result(raise_on_failure=False))
+            for spec, future in zip(plan.shards, futures)
+            if not future.state.is_completed()
+        }
+        summary = reduce_shards(run_dir, shard_errors, time.monotonic() - started)
     if not summary.valid:
         raise RunInvalid(summary.verdict())
     return summary

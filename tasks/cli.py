@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import logging
 import os
@@ -13,9 +14,10 @@ from tasks.config import ConfigError, JobConfig, load_config
 from tasks.devices import DeviceError, visible_gpus
 from tasks.nvml import NvmlUnavailable, nvml_inventory
 from tasks.inputs import InputError
+from tasks.lock import RunDirBusy, check_run_dir
 from tasks.placement import place
 
-_EXPECTED = (ConfigError, DeviceError, InputError)
+_EXPECTED = (ConfigError, DeviceError, InputError, RunDirBusy)
 
 
 def _job_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,19 +39,34 @@ def _config(args: argparse.Namespace) -> JobConfig:
     )
 
 
+def _preflight(config: JobConfig) -> None:
+    """Cheap checks that fail in one line before Prefect starts; listing the inputs is left to the flow."""
+    from tasks.planning import place_for
+
+    for spec in config.inputs:
+        if not (Path(spec).expanduser().exists() or next(glob.iglob(str(Path(spec).expanduser()), recursive=True),
+                                                         None)):
+            raise InputError(f"{spec}: no such file or directory, and no file matches it as a glob pattern")
+    place_for(config)
+    check_run_dir(Path(config.output_dir))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     config = _config(args)
-    from tasks.planning import make_plan
-
-    make_plan(config)  # preflight: bad inputs or devices fail here, in a line, before Prefect starts
+    _preflight(config)
     from flows.ocr_flow import ocr_run  # Prefect is imported only by commands that run a flow
 
     state = ocr_run(config=config, return_state=True)
     run_dir = Path(config.output_dir)
-    print(f"\nresults: {run_dir / 'results.jsonl'}\nsummary: {run_dir / 'summary.json'}")
     if state.is_completed():
+        print(f"\nresults: {run_dir / 'results.jsonl'}\nsummary: {run_dir / 'summary.json'}")
         print(f"ocrfleet: {state.result().verdict()}")
         return 0
+    error = state.result(raise_on_failure=False)
+    if isinstance(error, _EXPECTED):  # found while planning, inside the flow: a usage error all the same
+        print(f"ocrfleet: error: {error}", file=sys.stderr)
+        return 2
+    print(f"\nresults: {run_dir / 'results.jsonl'}\nsummary: {run_dir / 'summary.json'}")
     print(f"ocrfleet: run failed: {state.message}", file=sys.stderr)
     return 1
 
@@ -57,13 +74,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from tasks.planning import make_plan
 
-    plan, _ = make_plan(_config(args))
+    plan = make_plan(_config(args)).plan
     if args.json:
         print(plan.model_dump_json(indent=2))
         return 0
     for warning in plan.warnings:
         print(f"WARNING: {warning}")
-    print(f"{plan.pages_total} pages, {len(plan.shards)} shards, engine {plan.models.engine}, "
+    done = f" ({plan.pages_skipped} already done, skipped)" if plan.pages_skipped else ""
+    print(f"{plan.pages_total} pages{done}, {len(plan.shards)} shards, engine {plan.models.engine}, "
           f"{plan.threads_per_worker} thread(s) per worker")
     for spec in plan.shards:
         env = " ".join(f"{key}={value!r}" for key, value in sorted(spec.env.items()) if "THREADS" not in key)

@@ -37,6 +37,19 @@ def load_image(path: str) -> np.ndarray:
     return np.ascontiguousarray(rgb[:, :, ::-1])
 
 
+class PageReader:
+    """Reads pages' pixels; keeps state (an open document) between pages of the same input."""
+
+    def __init__(self, *, dpi: int, max_pixels: int) -> None:
+        self.dpi, self.max_pixels = dpi, max_pixels
+
+    def load(self, source: str, page: int) -> np.ndarray:
+        return load_image(source)
+
+    def close(self) -> None:
+        pass
+
+
 class PaddleOcrEngine:
     """PaddleOCR's text detection + recognition pipeline, loaded once per worker."""
 

@@ -23,7 +23,7 @@ def collect_pages(inputs: Sequence[str]) -> list[PageRef]:
         files.update(_expand(spec))
     if not files:
         raise InputError(f"no images found in {list(inputs)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-    return [PageRef(source=source, page=0, cost=float(_size(source))) for source in sorted(files)]
+    return [_page(source) for source in sorted(files)]
 
 
 def _expand(spec: str) -> list[str]:
@@ -61,8 +61,9 @@ def _absolute(path: Path) -> str:
     return os.path.abspath(path)
 
 
-def _size(source: str) -> int:
+def _page(source: str) -> PageRef:
     try:
-        return os.stat(source).st_size
-    except OSError:
-        return 0  # unreadable now: the worker turns it into a failed record with the reason
+        stat = os.stat(source)
+    except OSError:  # unreadable now: the worker turns it into a failed record with the reason
+        return PageRef(source=source)
+    return PageRef(source=source, cost=float(stat.st_size), size=stat.st_size, mtime_ns=stat.st_mtime_ns)

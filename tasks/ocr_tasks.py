@@ -20,6 +20,8 @@ def plan_run(config: JobConfig) -> Plan:
         logger.warning(message)
     plan = prepare_run(config, placement)
     reset_run(Path(config.output_dir))  # a rerun in this process starts unblocked
+    if plan.pages_skipped:
+        logger.info("%d of %d pages already done by an earlier run: skipped", plan.pages_skipped, plan.pages_total)
     for spec in plan.shards:
         logger.info("shard %d: %d pages on %s", spec.shard, spec.pages, spec.device.name)
     return plan
@@ -31,13 +33,13 @@ def _worth_retrying(task, task_run, state) -> bool:
 
 @task(name="run-shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5,
       retry_condition_fn=_worth_retrying)
-def run_shard(run_dir: Path, spec: ShardPlan, timeout_s: float) -> None:
+def run_shard(run_dir: Path, spec: ShardPlan) -> None:
     """Run one shard's worker subprocess to the end; raise so Prefect retries (the worker resumes)."""
     logger = get_run_logger()
     if shard_paths(run_dir, spec.shard)["done"].exists():
         logger.info("shard %d: already done", spec.shard)
         return
-    run_worker(run_dir, spec, timeout_s, sink=logger.log)
+    run_worker(run_dir, spec, sink=logger.log)
 
 
 @task(name="reduce", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)

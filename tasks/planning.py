@@ -3,25 +3,24 @@
 from __future__ import annotations
 
 import heapq
-import os
 import importlib.metadata
+import os
+import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
 from tasks.config import JobConfig
 from tasks.devices import Device, DeviceError
 from tasks.inputs import collect_pages
-from tasks.models import Engine, ModelDirs, bundled_dir, default_cache_dir, is_bundled, materialize
+from tasks.ledger import CARRIED, Prior, prior_records, split_done
+from tasks.models import Engine, ModelDirs, bundled_dir, default_cache_dir, fingerprint, is_bundled, materialize
 from tasks.placement import Placement, default_threads, launcher_warning, place, worker_env_overrides
 from tasks.records import PageRef, read_jsonl, write_atomic
 
 _VERSIONED = ("ocrfleet", "paddleocr", "paddlex", "paddlepaddle", "paddlepaddle-gpu", "onnxruntime",
               "rapidocr-paddle", "rapidocr-onnxruntime")
-
-
-class PlanMismatch(RuntimeError):
-    """The output directory already holds a run planned differently."""
 
 
 class ShardPlan(BaseModel):
@@ -41,17 +40,39 @@ class Plan(BaseModel):
     model_config = ConfigDict(frozen=True)
     config: JobConfig
     models: ModelDirs
+    settings: str  # fingerprint of the models and engine: part of every record's identity
     threads_per_worker: int
-    pages_total: int
+    pages_total: int  # every page the inputs name
+    pages_skipped: int  # of those, already done by an earlier run (their records are in carried.jsonl)
     shards: tuple[ShardPlan, ...]
     warnings: tuple[str, ...] = ()
     versions: dict[str, str]
 
+    def settings_for(self, page: PageRef) -> str:
+        return page_settings(self.settings, self.config, page)
 
-def make_plan(config: JobConfig, placement: Placement | None = None) -> tuple[Plan, list[list[PageRef]]]:
-    """Plan a run without writing anything: the plan and each shard's pages."""
+
+class Planned(NamedTuple):
+    """A plan before it is written: the plan, each shard's pages, and the earlier records it reuses."""
+
+    plan: Plan
+    shard_pages: list[list[PageRef]]
+    reused: list[Prior]
+
+
+def page_settings(settings: str, config: JobConfig, page: PageRef) -> str:
+    # Only PDF pages depend on the rendering resolution; changing it leaves images done.
+    return f"{settings}-dpi{config.pdf_dpi}" if page.source.lower().endswith(".pdf") else settings
+
+
+def make_plan(config: JobConfig, placement: Placement | None = None) -> Planned:
+    """Plan a run without writing anything: pages an earlier run already did are reused, not planned."""
     placement = placement or place_for(config)
-    pages = collect_pages(config.inputs)
+    candidates = collect_pages(config.inputs)
+    models = resolve_models(config, placement.devices)
+    settings = fingerprint(models)
+    pages, reused = split_done(candidates, prior_records(Path(config.output_dir)),
+                               lambda page: page_settings(settings, config, page))
     slots = [device for device in placement.devices for _ in range(config.workers_per_device)]
     shard_pages = split_balanced(pages, min(len(slots), len(pages)))
     # Spread shards over devices first, so that a small run still uses every device.
@@ -62,9 +83,10 @@ def make_plan(config: JobConfig, placement: Placement | None = None) -> tuple[Pl
                   pages=len(members), cost=sum(page.cost for page in members))
         for shard, (device, members) in enumerate(zip(devices, shard_pages))
     )
-    plan = Plan(config=config, models=resolve_models(config, placement.devices), threads_per_worker=threads,
-                pages_total=len(pages), shards=shards, warnings=tuple(placement.warnings), versions=_versions())
-    return plan, shard_pages
+    plan = Plan(config=config, models=models, settings=settings, threads_per_worker=threads,
+                pages_total=len(candidates), pages_skipped=len(reused), shards=shards,
+                warnings=tuple(placement.warnings), versions=_versions())
+    return Planned(plan, shard_pages, reused)
 
 
 def place_for(config: JobConfig) -> Placement:
@@ -128,26 +150,31 @@ def prepare_models(plan: Plan) -> None:
             raise FileNotFoundError(f"model dir {directory} for {name} has no inference.yml")
 
 
-def write_plan(run_dir: Path, plan: Plan, shard_pages: list[list[PageRef]]) -> None:
-    """Write each shard's manifest, then `run.json`; refuse a run dir planned differently."""
-    run_json = plan.model_dump_json(indent=2) + "\n"
-    existing = run_dir / "run.json"
-    if existing.exists() and existing.read_text(encoding="utf-8") != run_json:
-        raise PlanMismatch(
-            f"{run_dir} already holds a run with a different plan (inputs, config or package versions "
-            f"changed); pass a new --output, or remove {run_dir} to start over"
-        )
-    for shard, pages in enumerate(shard_pages):
+# What a plan's workers write; cleared when a new plan replaces it, after its records are carried.
+_GENERATION = ("shards", "records", "reports", "done")
+
+
+def write_plan(run_dir: Path, planned: Planned) -> None:
+    """Carry the reused records, clear the previous plan's work, write each manifest, then `run.json`.
+
+    Every step can be cut short by a crash: the records of the previous plan are safe in
+    `carried.jsonl` before its files go, and the next run plans again from whatever is there.
+    """
+    carried = sorted(planned.reused, key=lambda prior: prior.identity.key)
+    write_atomic(run_dir / CARRIED, "".join(prior.line + "\n" for prior in carried))
+    for name in _GENERATION:
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+    for shard, pages in enumerate(planned.shard_pages):
         write_atomic(manifest_path(run_dir, shard), "".join(page.model_dump_json() + "\n" for page in pages))
-    write_atomic(existing, run_json)
+    write_atomic(run_dir / "run.json", planned.plan.model_dump_json(indent=2) + "\n")
 
 
 def prepare_run(config: JobConfig, placement: Placement | None = None) -> Plan:
     """Plan, materialize models and write the plan: everything that happens before workers start."""
-    plan, shard_pages = make_plan(config, placement)
-    prepare_models(plan)
-    write_plan(Path(config.output_dir), plan, shard_pages)
-    return plan
+    planned = make_plan(config, placement)
+    prepare_models(planned.plan)
+    write_plan(Path(config.output_dir), planned)
+    return planned.plan
 
 
 def read_plan(run_dir: Path) -> Plan:

@@ -36,25 +36,43 @@ class TextLine(BaseModel):
     box: tuple[Point, Point, Point, Point]
 
 
-class PageRecord(BaseModel):
-    """The result for one page: a line of `results.jsonl` (the record contract in the README)."""
+class RecordIdentity(BaseModel):
+    """What makes a record reusable by a later run: the page, the file's content, the settings that read it.
 
+    Parsing only these fields of a stored record is cheap, so planning can index a large output dir.
+    """
+
+    model_config = ConfigDict(extra="ignore")
     source: str
     page: int
     status: Literal["ok", "failed"]
-    text: str = ""
-    lines: tuple[TextLine, ...] = ()
-    error: str | None = None
-    shard: int
-    device: str
+    error_class: str | None = None
+    sha256: str | None = None  # of the input file's bytes, as the worker read them
+    size: int = 0
+    mtime_ns: int = 0
+    settings: str = ""  # `Plan.settings_for(page)`: model and OCR settings that made the record
 
     @property
     def key(self) -> tuple[str, int]:
         return (self.source, self.page)
 
-    @property
-    def error_class(self) -> str | None:
-        return self.error.split(":", 1)[0] if self.error else None
+
+class PageRecord(RecordIdentity):
+    """The result for one page: a line of `results.jsonl` (the record contract in the README)."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: str = ""
+    lines: tuple[TextLine, ...] = ()
+    error: str | None = None  # the message; `error_class` names the kind of failure
+    shard: int
+    device: str
+
+    @classmethod
+    def failed(cls, page: PageRef, error_class: str, error: str, *, shard: int, device: str,
+               settings: str, sha256: str | None = None) -> PageRecord:
+        return cls(source=page.source, page=page.page, status="failed", error_class=error_class, error=error,
+                   sha256=sha256, size=page.size, mtime_ns=page.mtime_ns, settings=settings, shard=shard,
+                   device=device)
 
 
 class ShardReport(BaseModel):
@@ -73,7 +91,11 @@ class ShardReport(BaseModel):
     pages_ok: int
     pages_failed: int
     model_load_s: float
-    ocr_s: float
+    ocr_s: float  # wall time from the first page to the last, after the model load
+    engine_s: float = 0.0  # of that, time inside the engine
+    busy_fraction: float | None = None  # engine_s / ocr_s: how much of the time the device had work
+    gpu_utilization_pct: float | None = None  # NVML's mean utilization of the GPU, sampled while running
+    max_rss_mb: float | None = None
     pages_per_s: float
     warnings: tuple[str, ...] = ()
 
@@ -93,19 +115,34 @@ def read_jsonl(path: Path, model: type[M]) -> Iterator[M]:
     """Parse every line of a JSON-lines file into `model`; a bad line raises naming file and line."""
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
-            try:
-                yield model.model_validate_json(line)
-            except ValidationError as exc:
-                raise ValueError(f"{path}:{number}: not a valid {model.__name__}: {exc}") from exc
+            yield _parse(model, line, path, number)
 
 
-def complete_records(path: Path) -> list[PageRecord]:
-    """The records of a worker's file, after cutting off a torn last line left by a crash."""
-    if not path.exists():
+def complete_lines(path: Path, *, repair: bool = False) -> list[str]:
+    """The finished lines of a JSON-lines file a crashed writer may have left torn.
+
+    A line without its newline was never finished: it is dropped, never parsed as data, and with
+    `repair` cut off the file so that appending goes on from a clean end.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
         return []
-    data = path.read_bytes()
     end = data.rfind(b"\n") + 1
-    if end < len(data):
-        with open(path, "r+b") as handle:  # a line without its newline was never finished
+    if repair and end < len(data):
+        with open(path, "r+b") as handle:
             handle.truncate(end)
-    return list(read_jsonl(path, PageRecord))
+    return data[:end].decode("utf-8").splitlines()
+
+
+def complete_records(path: Path, *, repair: bool = True) -> list[PageRecord]:
+    """The records of a worker's file, after cutting off a torn last line left by a crash."""
+    return [_parse(PageRecord, line, path, number)
+            for number, line in enumerate(complete_lines(path, repair=repair), 1)]
+
+
+def _parse(model: type[M], line: str, path: Path, number: int) -> M:
+    try:
+        return model.model_validate_json(line)
+    except ValidationError as exc:
+        raise ValueError(f"{path}:{number}: not a valid {model.__name__}: {exc}") from exc

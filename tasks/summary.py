@@ -7,8 +7,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
+from tasks.ledger import CARRIED
 from tasks.planning import Plan, read_manifest, read_plan, shard_paths
-from tasks.records import PageRecord, ShardReport, write_atomic
+from tasks.records import PageRecord, ShardReport, complete_lines, write_atomic
 
 
 class ShardSummary(BaseModel):
@@ -27,8 +28,9 @@ class RunSummary(BaseModel):
     """`summary.json`: counts, per-shard figures, warnings and the problems that make a run invalid."""
 
     run_dir: str
-    pages_planned: int
-    pages_ok: int
+    pages_planned: int  # every page the inputs name: each is ok, failed or skipped as already done
+    pages_skipped: int  # done by an earlier run with the same file content and settings: not redone
+    pages_ok: int  # counts include skipped pages, by their earlier status
     pages_failed: int
     failure_rate: float
     max_failure_rate: float
@@ -56,7 +58,8 @@ def reduce_run(run_dir: Path, shard_errors: dict[int, str] | None = None, wall_s
     plan = read_plan(run_dir)
     shard_errors = shard_errors or {}
     problems = [f"shard {shard}: {error.splitlines()[0]}" for shard, error in sorted(shard_errors.items())]
-    records: list[PageRecord] = []
+    records, carried_problems = _carried(run_dir, plan)
+    problems += carried_problems
     shards = []
     for spec in plan.shards:
         shard_records, shard_problems = _reconcile(run_dir, spec.shard)
@@ -71,6 +74,7 @@ def reduce_run(run_dir: Path, shard_errors: dict[int, str] | None = None, wall_s
     problems += _placement_problems(plan, shards)
     warnings = list(plan.warnings) + [w for shard in shards if shard.report for w in shard.report.warnings]
     records.sort(key=lambda record: record.key)
+    problems += _whole_run_problems(plan, records)
     failed = [record for record in records if record.status == "failed"]
     write_atomic(run_dir / "results.jsonl", "".join(r.model_dump_json() + "\n" for r in records))
     write_atomic(run_dir / "failures.jsonl", "".join(r.model_dump_json() + "\n" for r in failed))
@@ -84,7 +88,8 @@ def _summarize(run_dir: Path, plan: Plan, records: list[PageRecord], failed: lis
                wall_s: float | None) -> RunSummary:
     by_class = collections.Counter(record.error_class or "Unknown" for record in failed)
     return RunSummary(
-        run_dir=str(run_dir), pages_planned=plan.pages_total, pages_ok=len(records) - len(failed),
+        run_dir=str(run_dir), pages_planned=plan.pages_total, pages_skipped=plan.pages_skipped,
+        pages_ok=len(records) - len(failed),
         pages_failed=len(failed), failure_rate=round(len(failed) / plan.pages_total, 6) if plan.pages_total else 0.0,
         max_failure_rate=plan.config.max_failure_rate, failures_by_class=dict(sorted(by_class.items())),
         wall_s=round(wall_s, 3) if wall_s is not None else None, shards=shards,
@@ -92,13 +97,47 @@ def _summarize(run_dir: Path, plan: Plan, records: list[PageRecord], failed: lis
 
 
 def _placement_problems(plan: Plan, shards: list[ShardSummary]) -> list[str]:
-    """Shards whose worker reported holding a GPU other than the planned one."""
-    return [
-        f"shard {spec.shard}: planned on {spec.device.name} ({spec.device.uuid}) but ran on "
-        f"{shard.report.gpu_uuid} ({shard.report.gpu_name}), pid {shard.report.pid}"
-        for spec, shard in zip(plan.shards, shards)
-        if shard.report and shard.report.gpu_uuid and shard.report.gpu_uuid != spec.device.uuid
-    ]
+    """Shards that ran on a GPU other than the planned one, and planned GPUs left idle or doubled up."""
+    problems = []
+    landed: dict[str, set[str]] = collections.defaultdict(set)  # held GPU -> planned devices that landed there
+    for spec, shard in zip(plan.shards, shards):
+        if not (shard.report and shard.report.gpu_uuid):
+            continue
+        landed[shard.report.gpu_uuid].add(spec.device.name)
+        if shard.report.gpu_uuid != spec.device.uuid:
+            problems.append(f"shard {spec.shard}: planned on {spec.device.name} ({spec.device.uuid}) but ran on "
+                            f"{shard.report.gpu_uuid} ({shard.report.gpu_name}), pid {shard.report.pid}")
+    problems += [f"GPU {uuid} ran the shards of {len(names)} planned devices ({', '.join(sorted(names))})"
+                 for uuid, names in sorted(landed.items()) if len(names) > 1]
+    verified = all(shard.report and shard.report.placement_verified for shard in shards)
+    if landed and verified:  # only when every worker could tell: an unverifiable one says so in warnings
+        idle = sorted({spec.device.name for spec in plan.shards if spec.device.uuid not in landed})
+        problems += [f"{name}: planned, but no worker ran on it" for name in idle]
+    return problems
+
+
+def _whole_run_problems(plan: Plan, records: list[PageRecord]) -> list[str]:
+    """Across shards and carried records: every page of the inputs exactly once."""
+    keys = [record.key for record in records]
+    duplicates = len(keys) - len(set(keys))
+    problems = [f"{duplicates} page(s) have a record both carried and made again"] if duplicates else []
+    if len(set(keys)) != plan.pages_total:
+        problems.append(f"{plan.pages_total} pages in the inputs, {len(set(keys))} with a record")
+    return problems
+
+
+def _carried(run_dir: Path, plan: Plan) -> tuple[list[PageRecord], list[str]]:
+    """The earlier records this plan reuses, checked against the count it planned to reuse."""
+    lines = complete_lines(run_dir / CARRIED)
+    records, problems = [], []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(PageRecord.model_validate_json(line))
+        except ValidationError:
+            problems.append(f"{CARRIED} line {number} does not parse")
+    if len(lines) != plan.pages_skipped:
+        problems.append(f"{CARRIED}: {len(lines)} records, but the plan reuses {plan.pages_skipped}")
+    return records, problems
 
 
 def _reconcile(run_dir: Path, shard: int) -> tuple[list[PageRecord], list[str]]:
@@ -108,7 +147,7 @@ def _reconcile(run_dir: Path, shard: int) -> tuple[list[PageRecord], list[str]]:
     problems: list[str] = []
     records: list[PageRecord] = []
     seen: set[tuple[str, int]] = set()
-    lines = paths["records"].read_text(encoding="utf-8").splitlines() if paths["records"].exists() else []
+    lines = complete_lines(paths["records"])
     for number, line in enumerate(lines, 1):
         try:
             record = PageRecord.model_validate_json(line)

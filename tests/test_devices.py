@@ -88,7 +88,8 @@ def test_gpu_worker_gets_one_gpu_pci_order_thread_limits_and_an_explicit_gpu_id(
     assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "2"
     spec = ShardPlan(shard=3, device=device, env=env, pages=1, cost=1.0)
     command = worker_command(tmp_path, spec)
-    assert command[1:] == ["-m", "tasks.worker", "--run-dir", str(tmp_path), "--shard", "3", "--gpu-id", "5"]
+    assert command[1:] == ["-m", "tasks.worker", "--run-dir", str(tmp_path), "--shard", "3", "--watch-parent",
+                           "--gpu-id", "5"]
 
 
 def test_cpu_workers_see_no_gpu_and_get_no_gpu_id(tmp_path):

@@ -25,7 +25,7 @@ def test_worker_warnings_reach_the_sink_and_the_full_log_is_kept(tmp_path):
     plan = prepare_run(load_config(None, inputs=[str(tmp_path / "in")], output_dir=str(out), devices="cpu"))
     (tmp_path / "in" / "a.png").write_bytes(b"broken after planning")
     lines = []
-    run_worker(out, plan.shards[0], timeout_s=300, sink=lambda level, text: lines.append((level, text)))
+    run_worker(out, plan.shards[0], sink=lambda level, text: lines.append((level, text)))
     assert any(level == logging.WARNING and "a.png page 0 failed" in text for level, text in lines)
     assert any(text.startswith("progress shard=0 done=1 total=1") for _, text in lines)
     assert "models loaded" in (out / "logs" / "00000.log").read_text()
@@ -44,7 +44,7 @@ def test_stopping_a_run_kills_its_running_workers_and_refuses_new_ones(tmp_path)
 
     def shard_zero():
         try:
-            run_worker(out, plan.shards[0], timeout_s=300, sink=lambda *_: None)
+            run_worker(out, plan.shards[0], sink=lambda *_: None)
         except RunAborted as exc:
             raised.append(exc)
 
@@ -56,7 +56,7 @@ def test_stopping_a_run_kills_its_running_workers_and_refuses_new_ones(tmp_path)
     thread.join(30)
     assert raised and "landed on the wrong GPU" in str(raised[0])
     with pytest.raises(RunAborted, match="not started"):
-        run_worker(out, plan.shards[1], timeout_s=300, sink=lambda *_: None)
+        run_worker(out, plan.shards[1], sink=lambda *_: None)
     reset_run(out)
-    run_worker(out, plan.shards[1], timeout_s=300, sink=lambda *_: None)
+    run_worker(out, plan.shards[1], sink=lambda *_: None)
     assert (out / "done" / "00001").exists() and not (out / "done" / "00000").exists()

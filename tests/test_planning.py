@@ -4,7 +4,7 @@ import pytest
 
 from tasks.config import load_config
 from tasks.inputs import InputError, collect_pages
-from tasks.planning import PlanMismatch, make_plan, manifest_path, read_manifest, split_balanced, write_plan
+from tasks.planning import make_plan, manifest_path, read_manifest, split_balanced, write_plan
 from tasks.records import PageRef
 
 
@@ -41,7 +41,7 @@ def plan_for(folder, out, devices="cpu:3", **extra):
 
 def test_every_input_lands_in_exactly_one_shard(tmp_path):
     make_files(tmp_path / "in", {f"p{i:03d}.png": 100 + i * 37 % 500 for i in range(50)})
-    plan, shard_pages = plan_for(tmp_path / "in", tmp_path / "out", workers_per_device=2)
+    plan, shard_pages, _ = plan_for(tmp_path / "in", tmp_path / "out", workers_per_device=2)
     keys = [page.key for pages in shard_pages for page in pages]
     assert len(plan.shards) == 6
     assert sorted(keys) == sorted(page.key for page in collect_pages([str(tmp_path / "in")]))
@@ -54,19 +54,10 @@ def test_same_inputs_and_config_give_a_byte_identical_plan(tmp_path):
     written = []
     for attempt in range(2):
         out = tmp_path / f"out{attempt}"
-        write_plan(out, *plan_for(tmp_path / "in", tmp_path / "out"))
+        write_plan(out, plan_for(tmp_path / "in", tmp_path / "out"))
         written.append({path.relative_to(out): path.read_bytes() for path in sorted(out.rglob("*")) if path.is_file()})
     assert written[0] == written[1]
-    assert len(written[0]) == 4  # run.json and three manifests
-
-
-def test_a_run_dir_planned_differently_is_refused(tmp_path):
-    make_files(tmp_path / "in", {"a.png": 1, "b.png": 2})
-    out = tmp_path / "out"
-    write_plan(out, *plan_for(tmp_path / "in", out))
-    write_plan(out, *plan_for(tmp_path / "in", out))  # the same plan again resumes
-    with pytest.raises(PlanMismatch, match="different plan"):
-        write_plan(out, *plan_for(tmp_path / "in", out, devices="cpu:1"))
+    assert len(written[0]) == 5  # run.json, carried.jsonl (empty) and three manifests
 
 
 def test_shards_are_balanced_by_cost_on_a_skewed_corpus():
@@ -78,14 +69,15 @@ def test_shards_are_balanced_by_cost_on_a_skewed_corpus():
 
 def test_a_small_run_spreads_over_devices_before_doubling_up(tmp_path):
     make_files(tmp_path / "in", {"a.png": 5, "b.png": 3})
-    plan, _ = plan_for(tmp_path / "in", tmp_path / "out", devices="cpu:4")
+    plan = plan_for(tmp_path / "in", tmp_path / "out", devices="cpu:4").plan
     assert len(plan.shards) == 2
 
 
 def test_manifests_round_trip(tmp_path):
     make_files(tmp_path / "in", {"a.png": 5, "b.png": 3, "c.png": 4})
     out = tmp_path / "out"
-    plan, shard_pages = plan_for(tmp_path / "in", out, devices="cpu:2")
-    write_plan(out, plan, shard_pages)
+    planned = plan_for(tmp_path / "in", out, devices="cpu:2")
+    write_plan(out, planned)
+    shard_pages = planned.shard_pages
     assert manifest_path(out, 1).name == "00001.jsonl"
     assert [read_manifest(out, shard) for shard in range(2)] == shard_pages

@@ -37,7 +37,7 @@ def planned(tmp_path):
     (tmp_path / "in" / "broken.png").write_bytes(b"not a png")
     out = tmp_path / "out"
     config = load_config(None, inputs=[str(tmp_path / "in")], output_dir=str(out), devices="cpu:1")
-    write_plan(out, *make_plan(config))
+    write_plan(out, make_plan(config))
     NameEngine.calls = []
     return out
 
@@ -47,7 +47,7 @@ def test_a_corrupt_page_becomes_a_failed_record_and_the_shard_goes_on(planned):
     records = {os.path.basename(r.source): r for r in read_jsonl(shard_paths(planned, 0)["records"], PageRecord)}
     assert (report.pages_ok, report.pages_failed) == (5, 1)
     assert records["broken.png"].status == "failed"
-    assert records["broken.png"].error.startswith("UnidentifiedImageError: ")
+    assert records["broken.png"].error_class == "UnidentifiedImageError"
     assert records["p3.png"].text == "w103"
     assert shard_paths(planned, 0)["done"].exists()
 
@@ -132,7 +132,7 @@ def gpu_planned(tmp_path):
     out = tmp_path / "out"
     config = load_config(None, inputs=[str(tmp_path / "in")], output_dir=str(out), devices="gpu:1,3")
     placement = place("gpu:1,3", env={}, inventory=inventory(), paddle_gpu=lambda: True)
-    write_plan(out, *make_plan(config, placement))
+    write_plan(out, make_plan(config, placement))
     return out, EIGHT
 
 
@@ -179,4 +179,6 @@ def test_reduce_names_a_shard_that_ran_on_another_gpu(gpu_planned):
     report_path = shard_paths(out, 1)["report"]
     report_path.write_text(report_path.read_text().replace(gpus[3].uuid, gpus[1].uuid))
     problems = reduce_run(out).problems
-    assert len(problems) == 1 and problems[0].startswith(f"shard 1: planned on gpu:3 ({gpus[3].uuid}) but ran on")
+    assert problems[0].startswith(f"shard 1: planned on gpu:3 ({gpus[3].uuid}) but ran on")
+    assert problems[1:] == [f"GPU {gpus[1].uuid} ran the shards of 2 planned devices (gpu:1, gpu:3)",
+                            "gpu:3: planned, but no worker ran on it"]
