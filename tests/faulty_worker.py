@@ -1,0 +1,44 @@
+"""A worker for tests only: the real `tasks.worker.main` with a fake engine that fails on chosen pages.
+
+`OCRFLEET_TEST_FAULTS` (JSON) says which pages, by the image's width in pixels:
+`{"crash": [w, ...], "crash_once": [w, ...], "hang": [w, ...], "leak_mb": n}`; `crash_once` needs
+`OCRFLEET_TEST_STATE` (a folder) to remember that it crashed already. Production code never imports
+this module: tests point `tasks.launch.WORKER_MODULE` at it.
+"""
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from tasks.records import TextLine
+from tasks.worker import main
+
+BOX = ((0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0))
+_leaked = []
+
+
+class FaultyEngine:
+    def __init__(self, models, device, threads):
+        self.faults = json.loads(os.environ.get("OCRFLEET_TEST_FAULTS", "{}"))
+
+    def __call__(self, image):
+        width = image.shape[1]
+        if width in self.faults.get("crash", ()):
+            os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer or a segfault would
+        if width in self.faults.get("crash_once", ()):
+            marker = Path(os.environ["OCRFLEET_TEST_STATE"]) / f"crashed-{width}"
+            if not marker.exists():
+                marker.write_text("")
+                os.kill(os.getpid(), signal.SIGKILL)
+        if width in self.faults.get("hang", ()):
+            time.sleep(3600)
+        if self.faults.get("leak_mb"):
+            _leaked.append(b"\x01" * (self.faults["leak_mb"] * 2**20))  # touched, so resident
+        return [TextLine(text=f"w{width}", score=1.0, box=BOX)]
+
+
+if __name__ == "__main__":
+    sys.exit(main(engine_factory=FaultyEngine))

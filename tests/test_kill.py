@@ -1,0 +1,96 @@
+"""Kill the real `ocrfleet run` (and its workers) at several points; the same command again gives a clean run's results."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from tasks.records import PageRecord, read_jsonl
+from tests.pages import draw_page
+
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("kill-corpus")
+    for i in range(12):
+        draw_page(folder / f"page {i:02d}.png", [f"Ledger {i} entry", f"Crate {i * 7} shipped"], size=(560, 150),
+                  font_px=30)
+    return folder
+
+
+def start(corpus, out):
+    # A session of its own, so the test can kill the run's whole process group as `kill -9` of a job would.
+    return subprocess.Popen([sys.executable, "-m", "tasks.cli", "run", str(corpus), "--output", str(out),
+                             "--devices", "cpu:2", "--threads-per-worker", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def finish(corpus, out):
+    result = subprocess.run([sys.executable, "-m", "tasks.cli", "run", str(corpus), "--output", str(out),
+                             "--devices", "cpu:2", "--threads-per-worker", "1"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def records_written(out):
+    return sum(len(path.read_bytes().splitlines()) for path in (out / "records").glob("*.jsonl")) \
+        if (out / "records").exists() else 0
+
+
+def wait_for(condition, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def content(out):
+    return [(r.source, r.page, r.status, r.text, r.lines) for r in read_jsonl(out / "results.jsonl", PageRecord)]
+
+
+def workers_of(out):
+    return [p for p in psutil.process_iter(["cmdline"])
+            if p.info["cmdline"] and "tasks.worker" in p.info["cmdline"] and str(out) in p.info["cmdline"]]
+
+
+def test_killing_the_run_at_any_point_then_rerunning_gives_the_clean_results_exactly_once(corpus, tmp_path):
+    clean = tmp_path / "clean"
+    finish(corpus, clean)
+    expected = content(clean)
+    assert len(expected) == 12 and all(status == "ok" for _, _, status, _, _ in expected)
+
+    out = tmp_path / "killed"
+    rng = random.Random(7)
+    # Points: while planning, after the first records, and a random number of records in.
+    for point in (lambda: (out / "run.json").exists(), lambda: records_written(out) >= 1,
+                  lambda n=rng.randint(3, 9): records_written(out) >= n):
+        run = start(corpus, out)
+        wait_for(point)
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait()
+        wait_for(lambda: not workers_of(out), timeout=30)  # no orphan keeps running (or writing)
+    before = records_written(out)
+    finish(corpus, out)
+    assert content(out) == expected
+    summary = (out / "summary.json").read_text()
+    assert '"problems": []' in summary
+    assert before > 0
+
+
+def test_a_worker_killed_mid_shard_is_restarted_and_the_run_completes(corpus, tmp_path):
+    out = tmp_path / "out"
+    run = start(corpus, out)
+    wait_for(lambda: records_written(out) >= 2)
+    victim = workers_of(out)[0]
+    victim.kill()
+    assert run.wait(timeout=300) == 0
+    results = content(out)
+    assert len(results) == 12 and len({(s, p) for s, p, *_ in results}) == 12
+    logs = "".join(path.read_text() for path in (out / "logs").glob("*.log"))
+    assert logs.count("models loaded") == 3  # two workers, one restarted
