@@ -10,6 +10,8 @@ import os
 import sys
 from pathlib import Path
 
+import yaml
+
 from tasks.config import ConfigError, JobConfig, load_config
 from tasks.devices import DeviceError, visible_gpus
 from tasks.nvml import NvmlUnavailable, nvml_inventory
@@ -21,7 +23,7 @@ _EXPECTED = (ConfigError, DeviceError, InputError, RunDirBusy)
 
 
 def _job_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="*", help="image files, directories or glob patterns")
+    parser.add_argument("inputs", nargs="*", help="image/PDF/TIFF files, directories, glob patterns or manifests")
     parser.add_argument("--output", "-o", dest="output_dir", type=Path, help="run directory")
     parser.add_argument("--config", "-c", type=Path, help="YAML config (see configs/default.yaml)")
     parser.add_argument("--devices", help="auto, gpu, gpu:0,2,3, cpu or cpu:N")
@@ -43,7 +45,7 @@ def _preflight(config: JobConfig) -> None:
     """Cheap checks that fail in one line before Prefect starts; listing the inputs is left to the flow."""
     from tasks.planning import place_for
 
-    for spec in config.inputs:
+    for spec in () if config.only_failed else config.inputs:
         if not (Path(spec).expanduser().exists() or next(glob.iglob(str(Path(spec).expanduser()), recursive=True),
                                                          None)):
             raise InputError(f"{spec}: no such file or directory, and no file matches it as a glob pattern")
@@ -52,7 +54,7 @@ def _preflight(config: JobConfig) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    config = _config(args)
+    config = getattr(args, "resolved", None) or _config(args)
     _preflight(config)
     from flows.ocr_flow import ocr_run  # Prefect is imported only by commands that run a flow
 
@@ -69,6 +71,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"\nresults: {run_dir / 'results.jsonl'}\nsummary: {run_dir / 'summary.json'}")
     print(f"ocrfleet: run failed: {state.message}", file=sys.stderr)
     return 1
+
+
+def cmd_reprocess(args: argparse.Namespace) -> int:
+    """Redo a subset of an earlier run into a new output dir, with the earlier settings unless overridden."""
+    from tasks.config import validate_config
+    from tasks.planning import read_plan
+
+    try:
+        earlier = read_plan(args.run_dir).config
+    except OSError as exc:
+        raise InputError(f"{args.run_dir}: not an ocrfleet run dir (no readable run.json: {exc})") from exc
+    data = earlier.model_dump(mode="json", exclude={"derived_from", "only_failed", "only_error_classes"})
+    overrides = {
+        "inputs": tuple(args.inputs) or None, "output_dir": args.output_dir, "devices": args.devices,
+        "workers_per_device": args.workers_per_device, "engine": args.engine,
+        "max_failure_rate": args.max_failure_rate, "threads_per_worker": args.threads_per_worker,
+        "include_globs": tuple(args.include) or None, "derived_from": str(args.run_dir),
+        "only_failed": args.failed or bool(args.error_class), "only_error_classes": tuple(args.error_class),
+    }
+    if args.config:  # its keys override the earlier run's settings; flags override both
+        data.update(yaml.safe_load(args.config.read_text(encoding="utf-8")) or {})
+    data.update({key: value for key, value in overrides.items() if value is not None})
+    args.resolved = validate_config(data)
+    return cmd_run(args)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -137,12 +163,23 @@ def main(argv: list[str] | None = None) -> int:
     _job_arguments(plan)
     plan.add_argument("--json", action="store_true")
     plan.set_defaults(handler=cmd_plan)
+    reprocess = commands.add_parser(
+        "reprocess", help="redo part of an earlier run into a new output dir: its failed pages (--failed, "
+        "--error-class) or the pages of INPUTs (globs, a manifest), with new models, settings or devices")
+    reprocess.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the earlier run's output dir")
+    _job_arguments(reprocess)
+    reprocess.add_argument("--failed", action="store_true", help="only the pages that failed in RUN_DIR")
+    reprocess.add_argument("--error-class", action="append", default=[], metavar="CLASS",
+                           help="only failures of this class (repeatable); implies --failed")
+    reprocess.add_argument("--include", action="append", default=[], metavar="GLOB",
+                           help="only inputs whose path or name matches (repeatable)")
+    reprocess.set_defaults(handler=cmd_reprocess)
     devices = commands.add_parser("devices", help="GPU inventory and what a devices spec would use")
     devices.add_argument("--devices", default="auto")
     devices.add_argument("--json", action="store_true")
     devices.set_defaults(handler=cmd_devices)
     args = parser.parse_args(argv)
-    if args.command == "run":
+    if args.command in ("run", "reprocess"):
         # No internet is a normal place to run batch OCR: don't let Prefect's telemetry complain.
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     else:  # `run` leaves logging to Prefect, which prints flow and task logs

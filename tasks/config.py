@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -19,8 +19,8 @@ class JobConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     inputs: tuple[str, ...] = Field(
-        ..., min_length=1,
-        description="Image files, directories (searched recursively) or glob patterns.",
+        (), description="Image, PDF and TIFF files, directories (searched recursively), glob patterns, or "
+        "manifests (.txt/.csv/.jsonl). Required unless only_failed is set.",
     )
     output_dir: Path = Field(..., description="Run directory: plan, records, results, summary.")
     include_globs: tuple[str, ...] = Field(
@@ -71,6 +71,13 @@ class JobConfig(BaseModel):
     shard_timeout_s: float = Field(86400.0, gt=0, description="A worker running longer than this is killed.")
     shard_retries: int = Field(2, ge=0, le=20, description="Restarts of a failed worker; each resumes.")
     progress_interval_s: float = Field(10.0, gt=0, description="Seconds between a worker's progress lines.")
+    derived_from: Path | None = Field(
+        None, description="Reprocessing: the earlier run dir this run redoes pages of (shown in summary.json)."
+    )
+    only_failed: bool = Field(False, description="Reprocessing: only the failed pages of derived_from.")
+    only_error_classes: tuple[str, ...] = Field(
+        (), description="With only_failed: only failures of these classes (e.g. WorkerCrashed); all when empty."
+    )
     page_timeout_s: float = Field(
         600.0, gt=0, description="A page in flight longer than this kills its worker; it counts as a crash on the page."
     )
@@ -80,6 +87,18 @@ class JobConfig(BaseModel):
     max_worker_rss_mb: int | None = Field(
         16384, ge=256, description="A worker past this resident memory is restarted between pages (null: never)."
     )
+
+    @model_validator(mode="after")
+    def _something_to_do(self) -> JobConfig:
+        if self.only_failed and self.derived_from is None:
+            raise ValueError("only_failed needs derived_from: the run whose failed pages to redo")
+        if self.only_error_classes and not self.only_failed:
+            raise ValueError("only_error_classes applies to only_failed reprocessing; set only_failed too")
+        if not self.inputs and not self.only_failed:
+            raise ValueError("inputs: give at least one file, directory, glob or manifest")
+        if self.derived_from is not None and Path(self.derived_from).absolute() == Path(self.output_dir).absolute():
+            raise ValueError("output_dir: a reprocessing run writes to a new output dir, not to derived_from")
+        return self
 
     @field_validator("devices")
     @classmethod

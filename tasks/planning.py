@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import heapq
 import importlib.metadata
 import os
@@ -13,11 +14,11 @@ from pydantic import BaseModel, ConfigDict
 
 from tasks.config import JobConfig
 from tasks.devices import Device, DeviceError
-from tasks.inputs import collect_pages
+from tasks.inputs import InputError, collect_pages
 from tasks.ledger import CARRIED, Prior, prior_records, split_done
 from tasks.models import Engine, ModelDirs, bundled_dir, default_cache_dir, fingerprint, is_bundled, materialize
 from tasks.placement import Placement, default_threads, launcher_warning, place, worker_env_overrides
-from tasks.records import PageRef, read_jsonl, write_atomic
+from tasks.records import PageRecord, PageRef, read_jsonl, write_atomic
 
 _VERSIONED = ("ocrfleet", "paddleocr", "paddlex", "paddlepaddle", "paddlepaddle-gpu", "onnxruntime",
               "rapidocr-paddle", "rapidocr-onnxruntime")
@@ -68,7 +69,7 @@ def page_settings(settings: str, config: JobConfig, page: PageRef) -> str:
 def make_plan(config: JobConfig, placement: Placement | None = None) -> Planned:
     """Plan a run without writing anything: pages an earlier run already did are reused, not planned."""
     placement = placement or place_for(config)
-    candidates = collect_pages(config.inputs)
+    candidates = failed_pages(config) if config.only_failed else collect_pages(config.inputs)
     models = resolve_models(config, placement.devices)
     settings = fingerprint(models)
     pages, reused = split_done(candidates, prior_records(Path(config.output_dir)),
@@ -87,6 +88,42 @@ def make_plan(config: JobConfig, placement: Placement | None = None) -> Planned:
                 pages_total=len(candidates), pages_skipped=len(reused), shards=shards,
                 warnings=tuple(placement.warnings), versions=_versions())
     return Planned(plan, shard_pages, reused)
+
+
+def failed_pages(config: JobConfig) -> list[PageRef]:
+    """Reprocessing: the failed pages of `derived_from` (of the chosen classes), as they are on disk now."""
+    source_run = Path(config.derived_from)
+    failures = source_run / "failures.jsonl"
+    if not failures.exists():
+        raise InputError(f"{source_run} has no failures.jsonl: not a finished ocrfleet run")
+    classes = set(config.only_error_classes)
+    pages = {}
+    for record in read_jsonl(failures, PageRecord):
+        if classes and record.error_class not in classes:
+            continue
+        if not _selected(record.source, config):
+            continue
+        pages[record.key] = _page_now(record.source, record.page)
+    if not pages:
+        which = f" of class {', '.join(sorted(classes))}" if classes else ""
+        raise InputError(f"{source_run} has no failed pages{which} to reprocess")
+    return [pages[key] for key in sorted(pages)]
+
+
+def _selected(source: str, config: JobConfig) -> bool:
+    name = os.path.basename(source)
+    included = not config.include_globs or any(
+        fnmatch.fnmatch(source, glob) or fnmatch.fnmatch(name, glob) for glob in config.include_globs)
+    excluded = any(fnmatch.fnmatch(source, glob) or fnmatch.fnmatch(name, glob) for glob in config.exclude_globs)
+    return included and not excluded
+
+
+def _page_now(source: str, page: int) -> PageRef:
+    try:
+        stat = os.stat(source)
+    except OSError:  # still unreadable: the worker records why, again
+        return PageRef(source=source, page=page)
+    return PageRef(source=source, page=page, cost=float(stat.st_size), size=stat.st_size, mtime_ns=stat.st_mtime_ns)
 
 
 def place_for(config: JobConfig) -> Placement:

@@ -28,6 +28,7 @@ class RunSummary(BaseModel):
     """`summary.json`: counts, per-shard figures, warnings and the problems that make a run invalid."""
 
     run_dir: str
+    derived_from: str | None = None  # reprocessing: the earlier run this one redid pages of
     pages_planned: int  # every page the inputs name: each is ok, failed or skipped as already done
     pages_skipped: int  # done by an earlier run with the same file content and settings: not redone
     pages_ok: int  # counts include skipped pages, by their earlier status
@@ -88,7 +89,8 @@ def _summarize(run_dir: Path, plan: Plan, records: list[PageRecord], failed: lis
                wall_s: float | None) -> RunSummary:
     by_class = collections.Counter(record.error_class or "Unknown" for record in failed)
     return RunSummary(
-        run_dir=str(run_dir), pages_planned=plan.pages_total, pages_skipped=plan.pages_skipped,
+        run_dir=str(run_dir), derived_from=str(plan.config.derived_from) if plan.config.derived_from else None,
+        pages_planned=plan.pages_total, pages_skipped=plan.pages_skipped,
         pages_ok=len(records) - len(failed),
         pages_failed=len(failed), failure_rate=round(len(failed) / plan.pages_total, 6) if plan.pages_total else 0.0,
         max_failure_rate=plan.config.max_failure_rate, failures_by_class=dict(sorted(by_class.items())),

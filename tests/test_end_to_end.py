@@ -103,6 +103,28 @@ def test_the_cli_exits_zero_only_for_a_valid_run(word_pages, tmp_path):
                                capture_output=True, text=True)
     assert bad_usage.returncode == 2 and "no such file" in bad_usage.stderr
 
+    # Reprocess only the failed page, once it is fixed, into a new output dir that says where it came from.
+    bad.write_bytes((word_pages / "alpha.png").read_bytes())
+    reprocess = cli[:3] + ["reprocess", str(tmp_path / "strict"), "--failed", "--output", str(tmp_path / "redo")]
+    redone = subprocess.run(reprocess, capture_output=True, text=True)
+    assert redone.returncode == 0, redone.stderr[-2000:]
+    records = list(read_jsonl(tmp_path / "redo" / "results.jsonl", PageRecord))
+    assert [(r.source, r.status) for r in records] == [(str(bad), "ok")]
+    assert json.loads((tmp_path / "redo" / "summary.json").read_text())["derived_from"] == str(tmp_path / "strict")
+    none_of_class = subprocess.run(reprocess[:-1] + [str(tmp_path / "redo2"), "--error-class", "WorkerCrashed"],
+                                   capture_output=True, text=True)
+    assert none_of_class.returncode == 2 and "no failed pages of class WorkerCrashed" in none_of_class.stderr
+
+
+def test_the_cli_refuses_an_output_dir_another_run_holds(word_pages, tmp_path):
+    from tasks.lock import hold_run_dir
+
+    with hold_run_dir(tmp_path / "out", "the first run"):
+        busy = subprocess.run([sys.executable, "-m", "tasks.cli", "run", str(word_pages), "--output",
+                               str(tmp_path / "out"), "--devices", "cpu:1"], capture_output=True, text=True)
+    assert busy.returncode == 2
+    assert f"is in use by pid {os.getpid()}" in busy.stderr and "the first run" in busy.stderr
+
 
 def test_a_shard_that_keeps_failing_fails_the_flow_after_writing_the_summary(prefect_api, word_pages, tmp_path):
     with pytest.raises(RunInvalid, match="ran past shard_timeout_s"):
