@@ -57,8 +57,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = getattr(args, "resolved", None) or _config(args)
     _preflight(config)
     from flows.ocr_flow import ocr_run  # Prefect is imported only by commands that run a flow
+    from tasks.progress import ProgressBar
 
-    state = ocr_run(config=config, return_state=True)
+    with ProgressBar(Path(config.output_dir)):
+        state = ocr_run(config=config, return_state=True)
     run_dir = Path(config.output_dir)
     if state.is_completed():
         print(f"\nresults: {run_dir / 'results.jsonl'}\nsummary: {run_dir / 'summary.json'}")

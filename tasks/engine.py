@@ -53,7 +53,7 @@ class PageReader:
 class PaddleOcrEngine:
     """PaddleOCR's text detection + recognition pipeline, loaded once per worker."""
 
-    def __init__(self, models: ModelDirs, device: str, threads: int) -> None:
+    def __init__(self, models: ModelDirs, device: str, threads: int, rec_batch_size: int = 6) -> None:
         from paddleocr import PaddleOCR  # heavy: imported only where OCR actually runs
 
         options: dict = {}
@@ -69,7 +69,7 @@ class PaddleOcrEngine:
             text_recognition_model_name=models.text_recognition_model_name,
             text_recognition_model_dir=models.text_recognition_model_dir,
             use_doc_orientation_classify=False, use_doc_unwarping=False, use_textline_orientation=False,
-            device=device, **options,
+            text_recognition_batch_size=rec_batch_size, device=device, **options,
         )
 
     def __call__(self, image: np.ndarray) -> list[TextLine]:

@@ -122,9 +122,9 @@ def _package_root(package: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def fingerprint(models: ModelDirs) -> str:
-    """What identifies the models' behaviour: names, engine and weights, not where they lie on disk."""
-    parts = [models.engine]
+def fingerprint(models: ModelDirs, *settings: str) -> str:
+    """What identifies the models' behaviour: names, engine, weights and `settings`, not where they lie on disk."""
+    parts = [models.engine, *settings]
     for name, directory in ((models.text_detection_model_name, models.text_detection_model_dir),
                             (models.text_recognition_model_name, models.text_recognition_model_dir)):
         if directory is None:  # downloaded by name: the name and PaddleX's version pin it

@@ -71,7 +71,7 @@ def make_plan(config: JobConfig, placement: Placement | None = None) -> Planned:
     placement = placement or place_for(config)
     candidates = failed_pages(config) if config.only_failed else collect_pages(config.inputs)
     models = resolve_models(config, placement.devices)
-    settings = fingerprint(models)
+    settings = fingerprint(models, f"text_recognition_batch_size={config.text_recognition_batch_size}")
     pages, reused = split_done(candidates, prior_records(Path(config.output_dir)),
                                lambda page: page_settings(settings, config, page))
     slots = [device for device in placement.devices for _ in range(config.workers_per_device)]

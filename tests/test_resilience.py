@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 from PIL import Image
@@ -226,3 +227,20 @@ def test_gpu_locks_make_a_second_run_wait_for_the_gpu(tmp_path, monkeypatch):
     thread.join(10)
     assert order == ["A done", "B"]
     assert "GPU GPU-3333 is in use by" in said[0] and "run A" in said[0]
+
+
+def test_the_progress_bar_counts_records_as_workers_write_them(tmp_path):
+    import io
+
+    from tasks.progress import ProgressBar, RecordCounter, bar
+
+    out, plan = plan_cpu(tmp_path, range(100, 104))
+    stream = io.StringIO()
+    with ProgressBar(out, stream=stream, interval_s=0.05):
+        counter = RecordCounter(out)
+        assert counter.count() == 0
+        run_shard(out, 0, engine_factory=FaultyEngine)
+        assert counter.count() == 4
+        time.sleep(0.3)
+    assert stream.getvalue().splitlines()[-1].startswith("[" + "#" * 30 + "] 4/4 pages 100.0%")
+    assert bar(1, 4, 2.0).endswith("ETA 0m01s")

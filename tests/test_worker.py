@@ -20,7 +20,7 @@ class NameEngine:
 
     calls: list = []
 
-    def __init__(self, models, device, threads, fail_after=None):
+    def __init__(self, models, device, threads, rec_batch_size=6, fail_after=None):
         self.fail_after = fail_after
 
     def __call__(self, image):
