@@ -127,8 +127,15 @@ def _page_now(source: str, page: int) -> PageRef:
 
 
 def place_for(config: JobConfig) -> Placement:
-    """Place the config's devices against this machine, with its exclusions and memory floor."""
-    placement = place(config.devices, exclude=config.exclude, min_free_memory_mb=config.min_free_memory_mb)
+    """Place the config's devices against this machine, with its exclusions and memory floor.
+
+    `devices: auto` takes the machine's own default from `OCRFLEET_DEVICES` when set: in a fleet of
+    machines running the same deployment, each worker machine says what it has.
+    """
+    spec = config.devices
+    if spec == "auto" and os.environ.get("OCRFLEET_DEVICES"):
+        spec = os.environ["OCRFLEET_DEVICES"]
+    placement = place(spec, exclude=config.exclude, min_free_memory_mb=config.min_free_memory_mb)
     warning = launcher_warning(os.environ)
     if warning:
         placement.warnings.append(warning)

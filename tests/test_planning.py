@@ -81,3 +81,10 @@ def test_manifests_round_trip(tmp_path):
     shard_pages = planned.shard_pages
     assert manifest_path(out, 1).name == "00001.jsonl"
     assert [read_manifest(out, shard) for shard in range(2)] == shard_pages
+
+
+def test_a_machine_default_for_auto_devices_comes_from_ocrfleet_devices(tmp_path, monkeypatch):
+    make_files(tmp_path / "in", {f"p{i}.png": 5 for i in range(6)})
+    monkeypatch.setenv("OCRFLEET_DEVICES", "cpu:3")
+    assert len(plan_for(tmp_path / "in", tmp_path / "out", devices="auto").plan.shards) == 3
+    assert len(plan_for(tmp_path / "in", tmp_path / "out", devices="cpu:2").plan.shards) == 2  # explicit wins
