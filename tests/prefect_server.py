@@ -109,3 +109,38 @@ def process_worker(api_url: str, home: Path, name: str = "test-worker", pool: st
         yield log
     finally:
         stop_tree(process)
+
+
+def api_call(api_url: str, path: str, body: dict | None = None) -> object:
+    """GET (or POST `body` as JSON to) `api_url/path` and return the decoded JSON."""
+    import json
+
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"{api_url}/{path.lstrip('/')}", data=data,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
+
+
+def prefect_cli(api_url: str, home: Path, *args: str, timeout_s: float = 120) -> str:
+    """Run the `prefect` CLI against the server; return its output, raising with it on a non-zero exit."""
+    done = subprocess.run([*PREFECT, *args], env=quiet_env(home, PREFECT_API_URL=api_url), cwd=ROOT,
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout_s)
+    if done.returncode != 0:
+        raise RuntimeError(f"prefect {' '.join(args)} exited {done.returncode}:\n{done.stdout}{done.stderr}")
+    return done.stdout + done.stderr
+
+
+def wait_for_state(api_url: str, flow_run_id: str, states: set[str], timeout_s: float) -> dict:
+    """Poll the flow run until its state type is one of `states`; return the run."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        run = api_call(api_url, f"flow_runs/{flow_run_id}")
+        if run["state_type"] in states or time.monotonic() > deadline:
+            return run
+        time.sleep(0.5)
+
+
+def run_artifacts(api_url: str, flow_run_id: str) -> list[dict]:
+    """Every artifact of the flow run."""
+    return api_call(api_url, "artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}})
