@@ -1,0 +1,88 @@
+"""Deploy: create the process work pool and every deployment in `deployments/prefect.yaml` on a Prefect server.
+
+Plain module: it drives the `prefect` CLI in subprocesses (argument lists, never a shell), so importing it
+costs nothing and a failure reads exactly as the CLI said it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PREFECT_FILE = Path("deployments") / "prefect.yaml"
+_PREFECT = [sys.executable, "-m", "prefect"]
+
+
+class DeployError(RuntimeError):
+    """Deploying cannot go on; the message says what to do."""
+
+
+def deploy(repo_root: Path, *, api_url: str | None = None, pool: str = "ocrfleet") -> None:
+    """Create the process work pool `pool` if missing, then (re)create every deployment, without prompts."""
+    repo_root = Path(repo_root).resolve()
+    api_url = (api_url or configured_api_url()).rstrip("/")
+    check_reachable(api_url)
+    env = _cli_env(api_url)
+    if not _pool_exists(pool, env, repo_root):
+        _prefect(["work-pool", "create", pool, "--type", "process"], env, repo_root)
+        log.info("created process work pool %s", pool)
+    # --pool overrides each deployment's work_pool.name, so the file's pool and `pool` cannot disagree.
+    _prefect(["--no-prompt", "deploy", "--all", "--prefect-file", str(PREFECT_FILE), "--pool", pool],
+             env, repo_root)
+    log.info("deployed %s to %s (pool %s)", PREFECT_FILE, api_url, pool)
+
+
+def configured_api_url() -> str:
+    """PREFECT_API_URL from the environment, else from the active Prefect profile; an error if unset."""
+    url = os.environ.get("PREFECT_API_URL")
+    if not url:
+        # The profile is Prefect's to read: ask it in a child, keeping this module free of Prefect.
+        probe = "from prefect.settings import get_current_settings as s; print(s().api.url or '')"
+        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                              env={**os.environ, "DO_NOT_TRACK": "1"}, timeout=120)
+        url = done.stdout.strip() if done.returncode == 0 else ""
+    if not url:
+        raise DeployError("no Prefect API URL: start a server (`prefect server start`) and set "
+                          "PREFECT_API_URL=http://HOST:4200/api, or pass --api-url")
+    return url
+
+
+def check_reachable(api_url: str, timeout_s: float = 10) -> None:
+    """Raise `DeployError` unless the server's health endpoint answers."""
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=timeout_s) as response:
+            if response.status == 200:
+                return
+            problem = f"HTTP {response.status}"
+    except (urllib.error.URLError, OSError) as exc:
+        problem = str(getattr(exc, "reason", exc))
+    raise DeployError(f"Prefect server at {api_url} is unreachable ({problem}): start it with "
+                      "`prefect server start` or fix PREFECT_API_URL")
+
+
+def _cli_env(api_url: str) -> dict[str, str]:
+    # DO_NOT_TRACK stops the Prefect SDK's own telemetry; deploying must not reach beyond the server.
+    return {**os.environ, "PREFECT_API_URL": api_url, "DO_NOT_TRACK": "1"}
+
+
+def _pool_exists(pool: str, env: dict[str, str], cwd: Path) -> bool:
+    done = subprocess.run([*_PREFECT, "work-pool", "inspect", pool], env=env, cwd=cwd, capture_output=True,
+                          text=True, stdin=subprocess.DEVNULL, timeout=300)
+    return done.returncode == 0
+
+
+def _prefect(args: list[str], env: dict[str, str], cwd: Path) -> str:
+    done = subprocess.run([*_PREFECT, *args], env=env, cwd=cwd, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=600)
+    output = done.stdout + done.stderr
+    if done.returncode != 0:
+        tail = "\n".join(output.strip().splitlines()[-15:])
+        raise DeployError(f"`prefect {' '.join(args)}` failed (exit {done.returncode}):\n{tail}")
+    return output

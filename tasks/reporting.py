@@ -1,0 +1,138 @@
+"""What a run shows in the Prefect UI: a live progress artifact, then a per-shard table and a verdict."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import re
+import threading
+import time
+from typing import Any
+from uuid import UUID
+
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+
+from tasks.planning import Plan
+from tasks.summary import RunSummary
+
+log = logging.getLogger(__name__)
+
+PROGRESS_KEY = "ocrfleet-progress"
+SHARDS_KEY = "ocrfleet-shards"
+SUMMARY_KEY = "ocrfleet-summary"
+
+_PROGRESS_LINE = re.compile(r"progress shard=(\d+) done=(\d+) total=(\d+)")
+
+
+class ProgressReporter:
+    """Percent of pages done, as one progress artifact of the flow run; safe to feed from any thread.
+
+    Create it inside the flow: it remembers the flow run's Prefect context, so updates from task threads
+    or plain threads (a worker's output reader) reach the same server and artifact.
+    """
+
+    def __init__(self, pages_total: int, shards: int, min_interval_s: float = 5.0) -> None:
+        self.pages_total = pages_total
+        self.shards = shards
+        self.min_interval_s = min_interval_s
+        self._done: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self._publishing = threading.Lock()
+        self._last_publish = time.monotonic()
+        self._context = contextvars.copy_context()
+        self.artifact_id: UUID = create_progress_artifact(0.0, key=PROGRESS_KEY, description=self._describe(0))
+
+    def observe(self, message: str) -> None:
+        """Feed one worker log message; `progress shard=N done=D total=T` lines update the artifact."""
+        match = _PROGRESS_LINE.search(message)
+        if match:
+            self.update(int(match[1]), int(match[2]))
+
+    def update(self, shard: int, done: int) -> None:
+        """Shard `shard` has `done` pages done (a running count, resumed runs included); publish at most
+        every `min_interval_s` seconds."""
+        with self._lock:
+            self._done[shard] = max(done, self._done.get(shard, 0))
+            now = time.monotonic()
+            if now - self._last_publish < self.min_interval_s:
+                return
+            self._last_publish = now
+        # One publisher at a time; a thread that finds it busy skips, the next update carries its count.
+        if self._publishing.acquire(blocking=False):
+            try:
+                self._publish(self.pages_done)
+            finally:
+                self._publishing.release()
+
+    def finish(self, pages_done: int | None = None) -> None:
+        """Publish the final figure: `pages_done` (e.g. the summary's records), else 100%."""
+        with self._publishing:
+            self._publish(self.pages_total if pages_done is None else pages_done)
+
+    @property
+    def pages_done(self) -> int:
+        with self._lock:
+            return min(sum(self._done.values()), self.pages_total)
+
+    def percent(self, pages_done: int) -> float:
+        return 100.0 if self.pages_total == 0 else round(100.0 * pages_done / self.pages_total, 2)
+
+    def _describe(self, pages_done: int) -> str:
+        return f"{pages_done} of {self.pages_total} pages OCRed ({self.shards} shards)"
+
+    def _publish(self, pages_done: int) -> None:
+        try:
+            # A copy of the flow's context per call: plain threads lack Prefect's settings and client.
+            self._context.copy().run(update_progress_artifact, self.artifact_id, self.percent(pages_done),
+                                     description=self._describe(pages_done))
+        except Exception as exc:  # a lost progress update must never fail the shard that reported it
+            log.warning("progress artifact not updated: %s", exc)
+
+
+def publish_summary(summary: RunSummary, plan: Plan) -> None:
+    """A per-shard table artifact and a markdown artifact with totals, failures, warnings and verdict."""
+    create_table_artifact(shard_rows(summary), key=SHARDS_KEY,
+                          description=f"ocrfleet shards of {summary.run_dir}")
+    create_markdown_artifact(summary_markdown(summary, plan), key=SUMMARY_KEY,
+                             description=f"ocrfleet verdict for {summary.run_dir}")
+
+
+def shard_rows(summary: RunSummary) -> list[dict[str, Any]]:
+    return [
+        {"shard": shard.shard, "device": shard.device, "pages": shard.pages_planned, "ok": shard.pages_ok,
+         "failed": shard.pages_failed, "pages/s": shard.report.pages_per_s if shard.report else None}
+        for shard in summary.shards
+    ]
+
+
+def summary_markdown(summary: RunSummary, plan: Plan) -> str:
+    verdict = "valid" if summary.valid else "INVALID"
+    lines = [
+        f"# ocrfleet run: {verdict}",
+        "",
+        f"**{summary.verdict()}**",
+        "",
+        "| pages planned | ok | failed | failure rate | max failure rate | shards | wall s |",
+        "|---|---|---|---|---|---|---|",
+        f"| {summary.pages_planned} | {summary.pages_ok} | {summary.pages_failed} | {summary.failure_rate:.2%} "
+        f"| {summary.max_failure_rate:.2%} | {len(plan.shards)} | {summary.wall_s if summary.wall_s is not None else '-'} |",
+        "",
+        "## Failures by class",
+        "",
+        *([f"- `{name}`: {count}" for name, count in summary.failures_by_class.items()] or ["none"]),
+        "",
+        "## Warnings",
+        "",
+        *([f"- {warning}" for warning in summary.warnings] or ["none"]),
+    ]
+    if summary.problems:
+        lines += ["", "## Problems", "", *[f"- {problem}" for problem in summary.problems]]
+    run_dir = summary.run_dir
+    lines += ["", "## Outputs", "", f"- results: `{run_dir}/results.jsonl`",
+              f"- failures: `{run_dir}/failures.jsonl`", f"- summary: `{run_dir}/summary.json`"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,202 @@
+"""Operating ocrfleet through a real Prefect server: deploy, a process worker, CLI triggers, cancel, artifacts.
+
+Select with `-m prefect_server`; the module shares one server (about 10 s to start) and one worker.
+"""
+
+import contextlib
+import json
+import re
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tasks.deploy import DeployError, deploy
+from tests.pages import draw_page
+from tests.prefect_server import (ROOT, api_call, free_port, prefect_cli, prefect_server, process_worker,
+                                  run_artifacts, wait_for_state)
+
+pytestmark = pytest.mark.prefect_server
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory, model_cache) -> Path:
+    return tmp_path_factory.mktemp("prefect-home")
+
+
+@pytest.fixture(scope="module")
+def api_url(home) -> str:
+    with prefect_server(home / "server") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def deployed(api_url) -> str:
+    deploy(ROOT, api_url=api_url)
+    return api_url
+
+
+@pytest.fixture(scope="module")
+def worker(deployed, home) -> Path:
+    with process_worker(deployed, home / "worker") as log:
+        yield log
+
+
+def deployments(api_url: str) -> dict[str, dict]:
+    return {d["name"]: d for d in api_call(api_url, "deployments/filter", {})}
+
+
+def trigger_adhoc(api_url: str, home: Path, config: dict) -> str:
+    """`prefect deployment run ocrfleet/adhoc --params ...`; the new flow run's id."""
+    output = prefect_cli(api_url, home, "deployment", "run", "ocrfleet/adhoc",
+                         "--params", json.dumps({"config": config}))
+    return re.search(r"UUID: ([0-9a-f-]{36})", output)[1]
+
+
+def ocr_workers(run_dir: Path) -> list[psutil.Process]:
+    """Live `python -m tasks.worker` processes of the run in `run_dir`."""
+    return [process for process in psutil.process_iter(["cmdline", "status"])
+            if "tasks.worker" in (process.info["cmdline"] or []) and str(run_dir) in process.info["cmdline"]
+            and process.info["status"] != psutil.STATUS_ZOMBIE]
+
+
+def test_deploy_creates_the_pool_and_both_deployments_and_is_idempotent(deployed):
+    deploy(ROOT, api_url=deployed)  # a second deploy changes nothing and does not fail
+    pool = api_call(deployed, "work_pools/ocrfleet")
+    assert pool["type"] == "process"
+    found = deployments(deployed)
+    assert set(found) == {"nightly", "adhoc"}
+    for deployment in found.values():
+        assert deployment["entrypoint"] == "flows/ocr_flow.py:ocr_run"
+        assert deployment["work_pool_name"] == "ocrfleet"
+        # A worker started anywhere runs the flow from this checkout.
+        assert deployment["pull_steps"] == [
+            {"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}]
+        assert set(deployment["parameter_openapi_schema"]["properties"]) == {"config"}
+    [schedule] = found["nightly"]["schedules"]
+    assert schedule["active"] and schedule["schedule"]["cron"] == "0 2 * * *"
+    assert schedule["schedule"]["timezone"] == "UTC"
+    assert found["adhoc"]["schedules"] == []
+
+
+def test_deploy_against_an_unreachable_server_says_what_to_do():
+    with pytest.raises(DeployError, match=r"unreachable .*prefect server start") as raised:
+        deploy(ROOT, api_url=f"http://127.0.0.1:{free_port()}/api")
+    assert "\n" not in str(raised.value)
+
+
+def test_deploy_without_an_api_url_says_what_to_do(monkeypatch, tmp_path):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path))  # an empty profile: no API URL anywhere
+    monkeypatch.setenv("PREFECT_PROFILES_PATH", str(tmp_path / "profiles.toml"))
+    with pytest.raises(DeployError, match="no Prefect API URL.*PREFECT_API_URL"):
+        deploy(ROOT)
+
+
+def test_an_adhoc_run_triggered_from_the_cli_runs_on_a_process_worker(deployed, worker, home, word_pages,
+                                                                      tmp_path):
+    out = tmp_path / "adhoc"
+    flow_run_id = trigger_adhoc(deployed, home, {"inputs": [str(word_pages)], "output_dir": str(out),
+                                                 "devices": "cpu:1"})
+    run = wait_for_state(deployed, flow_run_id, {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}, timeout_s=240)
+    assert run["state_type"] == "COMPLETED", worker.read_text()[-4000:]
+    assert run["parameters"]["config"]["devices"] == "cpu:1"
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted(Path(r["source"]).name for r in records) == ["alpha.png", "beta.png", "delta.png", "gamma.jpg"]
+    assert all(r["status"] == "ok" for r in records)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["pages_ok"] == 4 and summary["problems"] == []
+
+
+def test_cancelling_an_adhoc_run_stops_every_worker_process(deployed, worker, home, tmp_path):
+    pages = tmp_path / "pages"
+    for number in range(80):
+        draw_page(pages / f"page-{number:03d}.png", [f"Ledger {number}", "Cancel me later"], size=(900, 400))
+    out = tmp_path / "busy"
+    # No progress lines: a worker cut off from its parent would otherwise die of a broken pipe at its next one.
+    flow_run_id = trigger_adhoc(deployed, home, {"inputs": [str(pages)], "output_dir": str(out),
+                                                 "devices": "cpu:2", "progress_interval_s": 3600})
+    try:
+        deadline = time.monotonic() + 180
+        while len(ocr_workers(out)) < 2 and time.monotonic() < deadline:
+            assert api_call(deployed, f"flow_runs/{flow_run_id}")["state_type"] in {"SCHEDULED", "PENDING", "RUNNING"}
+            time.sleep(0.3)
+        assert len(ocr_workers(out)) == 2, worker.read_text()[-4000:]
+        prefect_cli(deployed, home, "flow-run", "cancel", flow_run_id)
+        cancelled_at = time.monotonic()
+        while ocr_workers(out) and time.monotonic() - cancelled_at < 15:
+            time.sleep(0.2)
+        assert ocr_workers(out) == []
+        run = wait_for_state(deployed, flow_run_id, {"CANCELLED", "COMPLETED", "FAILED", "CRASHED"},
+                             timeout_s=30)
+        assert run["state_type"] == "CANCELLED", worker.read_text()[-4000:]
+        assert not (out / "results.jsonl").exists()  # stopped before reduce
+    finally:
+        for process in ocr_workers(out):  # a worker that escaped the cancel must not outlive the test
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+
+
+def test_progress_and_summary_artifacts_attach_to_the_flow_run(api_url, word_pages, tmp_path):
+    from prefect import flow, task
+    from prefect.cache_policies import NO_CACHE
+    from prefect.context import get_run_context
+    from prefect.logging.handlers import APILogWorker
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tasks.config import load_config
+    from tasks.planning import make_plan
+    from tasks.records import ShardReport
+    from tasks.reporting import PROGRESS_KEY, SHARDS_KEY, SUMMARY_KEY, ProgressReporter, publish_summary
+    from tasks.summary import RunSummary, ShardSummary
+
+    plan, _ = make_plan(load_config(None, inputs=[str(word_pages)], output_dir=str(tmp_path), devices="cpu:2"))
+    report = ShardReport(shard=0, device="cpu", pid=1, hostname="h", pages_planned=2, pages_resumed=0,
+                         pages_ok=2, pages_failed=0, model_load_s=1.0, ocr_s=2.0, pages_per_s=1.25)
+    summary = RunSummary(
+        run_dir=str(tmp_path), pages_planned=4, pages_ok=3, pages_failed=1, failure_rate=0.25, max_failure_rate=0.5,
+        failures_by_class={"DecompressionBomb": 1}, wall_s=9.5, warnings=["no GPU found: 1 CPU worker"], problems=[],
+        shards=[ShardSummary(shard=0, device="cpu", pages_planned=2, records=2, pages_ok=2, pages_failed=0,
+                             report=report),
+                ShardSummary(shard=1, device="cpu", pages_planned=2, records=2, pages_ok=1, pages_failed=1)])
+
+    def progress(artifact_id) -> float:
+        return float(api_call(api_url, f"artifacts/{artifact_id}")["data"])
+
+    @task(cache_policy=NO_CACHE)
+    def from_task_thread(reporter: ProgressReporter) -> None:
+        reporter.observe("progress shard=0 done=1 total=2")
+
+    @flow(name="ocrfleet-reporting-probe")
+    def probe() -> tuple[str, str, list[float]]:
+        reporter = ProgressReporter(pages_total=4, shards=2, min_interval_s=0)
+        seen = [progress(reporter.artifact_id)]
+        from_task_thread.submit(reporter).result()
+        seen.append(progress(reporter.artifact_id))
+        plain = threading.Thread(target=reporter.update, args=(1, 2))  # like launch's output reader
+        plain.start()
+        plain.join()
+        seen.append(progress(reporter.artifact_id))
+        slow = ProgressReporter(pages_total=4, shards=2, min_interval_s=3600)
+        slow.update(0, 2)  # rate-limited: not published
+        seen.append(progress(slow.artifact_id))
+        reporter.finish(summary.pages_ok + summary.pages_failed)
+        publish_summary(summary, plan)
+        return str(get_run_context().flow_run.id), str(reporter.artifact_id), seen
+
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        flow_run_id, progress_id, seen = probe()
+        APILogWorker.drain_all(timeout=10)  # the probe's logs reach the server before it stops
+    assert seen == [0.0, 25.0, 75.0, 0.0]
+    artifacts = {artifact["id"]: artifact for artifact in run_artifacts(api_url, flow_run_id)}
+    assert sorted(a["key"] for a in artifacts.values()) == [PROGRESS_KEY, PROGRESS_KEY, SHARDS_KEY, SUMMARY_KEY]
+    assert artifacts[progress_id]["type"] == "progress" and float(artifacts[progress_id]["data"]) == 100.0
+    artifacts = {artifact["key"]: artifact for artifact in artifacts.values() if artifact["key"] != PROGRESS_KEY}
+    rows = json.loads(artifacts[SHARDS_KEY]["data"])
+    assert rows == [{"shard": 0, "device": "cpu", "pages": 2, "ok": 2, "failed": 0, "pages/s": 1.25},
+                    {"shard": 1, "device": "cpu", "pages": 2, "ok": 1, "failed": 1, "pages/s": None}]
+    markdown = artifacts[SUMMARY_KEY]["data"]
+    for expected in ("3 pages ok, 1 failed", "`DecompressionBomb`: 1", "no GPU found", "results.jsonl", "valid"):
+        assert expected in markdown
