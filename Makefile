@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_OUT ?= out/demo
 
-.PHONY: install demo test clean
+.PHONY: install demo test deploy bench clean
 
 $(BIN)/ocrfleet: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest tests
+
+# Pool + nightly/adhoc deployments on the Prefect server at PREFECT_API_URL (see docs/prefect.md).
+deploy: install
+	$(BIN)/ocrfleet deploy
 
 clean:
 	rm -rf $(VENV) out

@@ -11,6 +11,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from tasks.config import JobConfig
 from tasks.lock import hold_devices, hold_run_dir
 from tasks.ocr_tasks import plan_run, reduce_shards, run_shard
+from tasks.reporting import ProgressReporter, publish_summary
 from tasks.summary import RunSummary
 
 
@@ -27,9 +28,10 @@ def ocr_run(config: JobConfig) -> RunSummary:
     holder = f"flow run {flow_run.get_name() or flow_run.get_id()}"
     with hold_run_dir(run_dir, holder):
         plan = plan_run(config)
+        progress = ProgressReporter(plan.pages_total - plan.pages_skipped, len(plan.shards))
         with hold_devices([spec.device for spec in plan.shards], holder, say=get_run_logger().warning):
             shard_task = run_shard.with_options(retries=config.shard_retries)
-            futures = [shard_task.submit(run_dir, spec) for spec in plan.shards]
+            futures = [shard_task.submit(run_dir, spec, progress) for spec in plan.shards]
             wait(futures)
         shard_errors = {
             spec.shard: str(future.state.result(raise_on_failure=False))
@@ -37,6 +39,8 @@ def ocr_run(config: JobConfig) -> RunSummary:
             if not future.state.is_completed()
         }
         summary = reduce_shards(run_dir, shard_errors, time.monotonic() - started)
+    progress.finish(sum(shard.records for shard in summary.shards))
+    publish_summary(summary, plan)
     if not summary.valid:
         raise RunInvalid(summary.verdict())
     return summary

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from tasks.config import ConfigError, JobConfig, load_config
+from tasks.deploy import DeployError
 from tasks.devices import DeviceError, visible_gpus
 from tasks.nvml import NvmlUnavailable, nvml_inventory
 from tasks.inputs import InputError
@@ -155,6 +156,16 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from tasks.deploy import deploy
+
+    root = Path(__file__).resolve().parents[1]  # a checkout (or editable install): deployments/ lives there
+    deploy(root, api_url=args.api_url, pool=args.pool)
+    print(f"ocrfleet: work pool {args.pool!r} and the deployments of {root / 'deployments' / 'prefect.yaml'} are "
+          f"in place; start a worker on each GPU machine: prefect worker start --pool {args.pool} --limit 1")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ocrfleet", description="Multi-GPU batch OCR with PaddleOCR and Prefect.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -180,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     devices.add_argument("--devices", default="auto")
     devices.add_argument("--json", action="store_true")
     devices.set_defaults(handler=cmd_devices)
+    deploy = commands.add_parser("deploy", help="create the Prefect work pool and the nightly/adhoc deployments")
+    deploy.add_argument("--api-url", help="Prefect API (default: PREFECT_API_URL or the active profile)")
+    deploy.add_argument("--pool", default="ocrfleet", help="process work pool name")
+    deploy.set_defaults(handler=cmd_deploy)
     args = parser.parse_args(argv)
     if args.command in ("run", "reprocess"):
         # No internet is a normal place to run batch OCR: don't let Prefect's telemetry complain.
@@ -188,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.handler(args)
-    except (*_EXPECTED, OSError) as exc:
+    except (*_EXPECTED, DeployError, OSError) as exc:
         print(f"ocrfleet: error: {exc}", file=sys.stderr)
         return 2
 

@@ -8,6 +8,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.config import JobConfig
 from tasks.launch import NotRetryable, reset_run, run_worker
 from tasks.planning import Plan, ShardPlan, place_for, prepare_run, shard_paths
+from tasks.reporting import ProgressReporter
 from tasks.summary import RunSummary, reduce_run
 
 
@@ -33,13 +34,19 @@ def _worth_retrying(task, task_run, state) -> bool:
 
 @task(name="run-shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5,
       retry_condition_fn=_worth_retrying)
-def run_shard(run_dir: Path, spec: ShardPlan) -> None:
+def run_shard(run_dir: Path, spec: ShardPlan, progress: ProgressReporter | None = None) -> None:
     """Run one shard's worker subprocess to the end; raise so Prefect retries (the worker resumes)."""
     logger = get_run_logger()
     if shard_paths(run_dir, spec.shard)["done"].exists():
         logger.info("shard %d: already done", spec.shard)
         return
-    run_worker(run_dir, spec, sink=logger.log)
+
+    def sink(level: int, message: str) -> None:
+        logger.log(level, message)
+        if progress is not None:
+            progress.observe(message)
+
+    run_worker(run_dir, spec, sink=sink)
 
 
 @task(name="reduce", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)

@@ -11,6 +11,7 @@ def model_cache(tmp_path_factory):
     cache = tmp_path_factory.mktemp("ocrfleet-cache")
     os.environ["OCRFLEET_CACHE"] = str(cache)
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    os.environ["DO_NOT_TRACK"] = "1"  # importing Prefect would otherwise try to send telemetry
     return cache
 
 

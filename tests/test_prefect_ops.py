@@ -108,6 +108,8 @@ def test_an_adhoc_run_triggered_from_the_cli_runs_on_a_process_worker(deployed, 
     assert all(r["status"] == "ok" for r in records)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["pages_ok"] == 4 and summary["problems"] == []
+    assert {a["key"] for a in run_artifacts(deployed, flow_run_id)} == {"ocrfleet-progress", "ocrfleet-shards",
+                                                                      "ocrfleet-summary"}
 
 
 def test_cancelling_an_adhoc_run_stops_every_worker_process(deployed, worker, home, tmp_path):
@@ -152,7 +154,7 @@ def test_progress_and_summary_artifacts_attach_to_the_flow_run(api_url, word_pag
     from tasks.reporting import PROGRESS_KEY, SHARDS_KEY, SUMMARY_KEY, ProgressReporter, publish_summary
     from tasks.summary import RunSummary, ShardSummary
 
-    plan, _ = make_plan(load_config(None, inputs=[str(word_pages)], output_dir=str(tmp_path), devices="cpu:2"))
+    plan = make_plan(load_config(None, inputs=[str(word_pages)], output_dir=str(tmp_path), devices="cpu:2")).plan
     report = ShardReport(shard=0, device="cpu", pid=1, hostname="h", pages_planned=2, pages_resumed=0,
                          pages_ok=2, pages_failed=0, model_load_s=1.0, ocr_s=2.0, pages_per_s=1.25)
     summary = RunSummary(
