@@ -48,9 +48,10 @@ Named = tuple[str, Pages, "float | None", "str | None"]  # path, pages, cost per
 class _Wanted:
     """What the inputs ask of one file: all pages or some, and any costs a manifest gave (None: any page)."""
 
-    __slots__ = ("every_page", "pages", "costs", "origin")
+    __slots__ = ("every_page", "pages", "costs", "origin", "stat")
 
     def __init__(self) -> None:
+        self.stat: os.stat_result | None = None
         self.origin: str | None = None  # the manifest line that first named it
         self.every_page = False
         self.pages: set[int] = set()
@@ -85,8 +86,10 @@ def collect_pages(inputs: Sequence[str], *, dpi: int = 150, include_globs: Seque
     if not kept:
         why = f" ({len(wanted)} found, all left out by include/exclude globs)" if wanted else ""
         raise InputError(f"no images found in {list(inputs)}{why} (looked for {', '.join(sorted(DOCUMENT_SUFFIXES))})")
-    problems.extend(f"{entry.origin}: no such file" for path, entry in kept.items()
-                    if entry.origin and not _is_file(path))
+    for path, entry in kept.items():
+        entry.stat = _stat(path)
+        if entry.origin and (entry.stat is None or not stat.S_ISREG(entry.stat.st_mode)):
+            problems.append(f"{entry.origin}: no such file")
     _raise_if(problems, "inputs that cannot be used")
     probe = sum(1 for path in kept if _suffix(path) not in MULTI_PAGE_SUFFIXES) <= PROBE_LIMIT
     refs: list[PageRef] = []
@@ -221,7 +224,7 @@ def _row_cost(value: object) -> float | None:
 
 
 def _page_refs(path: str, wanted: _Wanted, *, dpi: int, probe: bool, problems: list[str]) -> list[PageRef]:
-    size, mtime_ns = _stat(path)
+    size, mtime_ns = (wanted.stat.st_size, wanted.stat.st_mtime_ns) if wanted.stat else (0, 0)
     pages, costs = wanted.selection(), wanted.costs
     plain = _suffix(path) not in MULTI_PAGE_SUFFIXES
     if _all_costed(pages, costs, plain):
@@ -276,21 +279,14 @@ def _suffix(name: str | os.PathLike) -> str:
     return name[name.rfind("."):].lower() if "." in name else ""  # only ever compared with known suffixes
 
 
-def _is_file(path: str) -> bool:
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except OSError:
-        return False
-
 
 def _absolute(path: Path) -> str:
     # abspath keeps symlinks as named: the record's source is the path the user gave, made absolute.
     return os.path.abspath(path)
 
 
-def _stat(source: str) -> tuple[int, int]:
+def _stat(source: str) -> os.stat_result | None:
     try:
-        found = os.stat(source)
+        return os.stat(source)
     except OSError:
-        return 0, 0  # unreadable now: the worker turns it into a failed record with the reason
-    return found.st_size, found.st_mtime_ns
+        return None  # unreadable now: the worker turns it into a failed record with the reason
