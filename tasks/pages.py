@@ -1,0 +1,269 @@
+"""Pages: one page's pixels from an image, a TIFF stack or a PDF, and classified reasons when it cannot be read.
+
+Pages are what `PageRef.page` counts: the frames of a TIFF and the pages of a PDF. The frames of an
+animated GIF, WebP or PNG are not pages (they are animation), so only frame 0 is read and page 1 of
+such a file is `PageOutOfRange`. A file is a PDF by its content (`%PDF` near the start), any other
+file is whatever Pillow recognizes by content, whatever its name says.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import BinaryIO
+
+import numpy as np
+import pypdfium2 as pdfium
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+MIN_SIDE = 2  # a page narrower than this cannot hold a line of text
+_PDF_SNIFF = 1024  # PDF readers accept the %PDF header anywhere in the first KiB
+# PDFium's load error codes (fpdfview.h): FPDF_ERR_PASSWORD and FPDF_ERR_SECURITY.
+_PDF_ENCRYPTED = (4, 6)
+
+
+class PageError(Exception):
+    """A page that cannot be read; `error_class` is a stable CamelCase name, the message names the file."""
+
+    def __init__(self, error_class: str, message: str) -> None:
+        super().__init__(message)
+        self.error_class = error_class
+
+
+def load_page(source: str, page: int, *, dpi: int, max_pixels: int) -> np.ndarray:
+    """Page `page` (0-based) of `source` as a C-contiguous HxWx3 BGR uint8 array, or a `PageError`."""
+    with PageReader(dpi=dpi, max_pixels=max_pixels) as reader:
+        return reader.load(source, page)
+
+
+def document_pages(path: str, *, dpi: int) -> list[tuple[int, float]]:
+    """Each page index of `path` with its cost in pixels, from headers only; `[(0, 0.0)]` when unreadable."""
+    return probe_pages(path, dpi=dpi) or [(0, 0.0)]
+
+
+def probe_pages(path: str, *, dpi: int) -> list[tuple[int, float]] | None:
+    """Like `document_pages`, but None for a file that cannot be read (the worker will say why)."""
+    try:
+        _check_file(path)
+        with open(path, "rb") as handle:
+            if _is_pdf(handle):
+                with _open_pdf(path) as pdf:
+                    scale = (dpi / 72) ** 2
+                    return [(index, _pdf_area(pdf, index) * scale) for index in range(len(pdf))]
+            with _pillow_open(handle, path) as image:
+                if image.format != "TIFF":
+                    return [(0, float(image.width * image.height))]
+                costs = []
+                for index in range(getattr(image, "n_frames", 1)):
+                    image.seek(index)
+                    costs.append((index, float(image.width * image.height)))
+                return costs
+    except (PageError, OSError, ValueError, EOFError, SyntaxError, pdfium.PdfiumError):
+        return None
+
+
+class PageReader:
+    """Reads pages one after another, keeping the last PDF open so its next page is not parsed again."""
+
+    def __init__(self, *, dpi: int, max_pixels: int) -> None:
+        self.dpi = dpi
+        self.max_pixels = max_pixels
+        self._pdf: pdfium.PdfDocument | None = None
+        self._pdf_key: tuple[str, int, int] | None = None
+
+    def __enter__(self) -> PageReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._pdf is not None:
+            self._pdf.close()
+        self._pdf, self._pdf_key = None, None
+
+    def load(self, source: str, page: int) -> np.ndarray:
+        """Page `page` of `source` as BGR uint8, HxWx3, C-contiguous; a `PageError` says why not."""
+        if page < 0:
+            raise PageError("PageOutOfRange", f"{source}: page {page} does not exist (pages count from 0)")
+        stat = _check_file(source)
+        try:
+            with open(source, "rb") as handle:
+                if _is_pdf(handle):
+                    return self._load_pdf(source, page, (source, stat.st_size, stat.st_mtime_ns))
+                if source.lower().endswith(".pdf"):
+                    raise PageError("CorruptPdf", f"{source}: named .pdf but holds no PDF header")
+                return self._load_image(handle, source, page)
+        except OSError as exc:
+            raise _os_error(source, exc) from exc
+
+    def _load_pdf(self, source: str, page: int, key: tuple[str, int, int]) -> np.ndarray:
+        if key != self._pdf_key:
+            self.close()
+            self._pdf = _open_pdf(source)
+            self._pdf_key = key
+        pdf = self._pdf
+        if page >= len(pdf):
+            raise PageError("PageOutOfRange", f"{source}: page {page} does not exist (the PDF has {len(pdf)} pages)")
+        scale = self.dpi / 72
+        width, height = (round(side * scale) for side in pdf.get_page_size(page))
+        self._check_size(source, page, width, height, f"at {self.dpi} dpi ")
+        try:
+            pdf_page = pdf[page]
+            try:
+                bitmap = pdf_page.render(scale=scale)  # 3-byte BGR, the layout PaddleOCR wants
+                pixels = bitmap.to_numpy()
+            finally:
+                pdf_page.close()
+        except pdfium.PdfiumError as exc:
+            raise PageError("CorruptPdf", f"{source}: page {page} cannot be rendered: {exc}") from exc
+        if pixels.ndim == 2:  # grayscale or BGRx bitmaps, should PDFium choose them
+            pixels = np.repeat(pixels[:, :, None], 3, axis=2)
+        return np.ascontiguousarray(pixels[:, :, :3])
+
+    def _load_image(self, handle: BinaryIO, source: str, page: int) -> np.ndarray:
+        with _pillow_open(handle, source) as image:
+            frames = getattr(image, "n_frames", 1) if image.format == "TIFF" else 1
+            if page >= frames:
+                raise PageError("PageOutOfRange",
+                                f"{source}: page {page} does not exist (the {image.format} file has {frames} pages)")
+            try:
+                if page:
+                    image.seek(page)
+                self._check_size(source, page, image.width, image.height, "")
+                image.load()
+                return _to_bgr(ImageOps.exif_transpose(image))
+            except PageError:
+                raise
+            except (OSError, ValueError, EOFError, SyntaxError, MemoryError) as exc:
+                raise _decode_error(source, exc) from exc
+
+    def _check_size(self, source: str, page: int, width: int, height: int, how: str) -> None:
+        if width * height > self.max_pixels:
+            raise PageError("DecompressionBomb", f"{source}: page {page} would be {width}x{height} pixels {how}"
+                            f"(more than max_image_pixels={self.max_pixels}); raise the limit to read it")
+        if width < MIN_SIDE or height < MIN_SIDE:
+            raise PageError("ImageTooSmall", f"{source}: page {page} is {width}x{height} pixels {how}"
+                            "(too small to hold text)")
+
+
+def _check_file(path: str) -> os.stat_result:
+    try:
+        stat = os.stat(path)
+    except OSError as exc:
+        raise _os_error(path, exc) from exc
+    if not os.path.isfile(path):
+        raise PageError("NotAFile", f"{path}: not a regular file")
+    if stat.st_size == 0:
+        raise PageError("EmptyFile", f"{path}: the file is empty (0 bytes)")
+    return stat
+
+
+def _os_error(path: str, exc: OSError) -> PageError:
+    if exc.errno == errno.ELOOP:
+        return PageError("SymlinkLoop", f"{path}: symbolic links loop; fix the link")
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        return PageError("FileVanished", f"{path}: no longer exists (moved or deleted after planning, "
+                         "or a dangling symlink)")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return PageError("PermissionDenied", f"{path}: permission denied; make it readable by the worker's user")
+    return PageError("ReadError", f"{path}: cannot be read: {exc.strerror or exc}")
+
+
+def _is_pdf(handle: BinaryIO) -> bool:
+    head = handle.read(_PDF_SNIFF)
+    handle.seek(0)
+    return b"%PDF-" in head
+
+
+def _open_pdf(path: str) -> pdfium.PdfDocument:
+    try:
+        return pdfium.PdfDocument(path)
+    except pdfium.PdfiumError as exc:
+        if getattr(exc, "err_code", None) in _PDF_ENCRYPTED:
+            raise PageError("EncryptedPdf", f"{path}: the PDF is encrypted and needs a password; "
+                            "decrypt it first (e.g. qpdf --decrypt)") from exc
+        raise PageError("CorruptPdf", f"{path}: not a readable PDF ({exc})") from exc
+
+
+def _pdf_area(pdf: pdfium.PdfDocument, index: int) -> float:
+    width, height = pdf.get_page_size(index)
+    return float(width * height)
+
+
+@contextmanager
+def _pillow_open(handle: BinaryIO, path: str) -> Iterator[Image.Image]:
+    """Open lazily (header only) with Pillow's own pixel limit off: callers check sizes against theirs."""
+    with _pillow_limits_off():
+        try:
+            image = Image.open(handle)
+        except UnidentifiedImageError as exc:
+            raise PageError("NotAnImage", f"{path}: not an image or PDF that can be read "
+                            "(unknown or damaged header)") from exc
+        except (OSError, ValueError, EOFError, SyntaxError) as exc:
+            raise _decode_error(path, exc) from exc
+        with image:
+            yield image
+
+
+_limits_lock = threading.Lock()
+_limits_depth = 0
+_limits_saved: tuple[int | None, bool] = (None, False)
+
+
+@contextmanager
+def _pillow_limits_off() -> Iterator[None]:
+    # Pillow's bomb limit and truncation leniency are module globals (and a library may set the latter):
+    # set them for the duration of a read and restore them after, counting nested or concurrent readers.
+    global _limits_depth, _limits_saved
+    with _limits_lock:
+        if _limits_depth == 0:
+            _limits_saved = (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES)
+            Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = None, False
+        _limits_depth += 1
+    try:
+        yield
+    finally:
+        with _limits_lock:
+            _limits_depth -= 1
+            if _limits_depth == 0:
+                Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = _limits_saved
+
+
+def _decode_error(path: str, exc: BaseException) -> PageError:
+    message = str(exc)
+    if "truncated" in message or "broken data stream" in message or isinstance(exc, EOFError):
+        return PageError("Truncated", f"{path}: the image data is truncated (an incomplete copy?): {message}")
+    if isinstance(exc, MemoryError):
+        return PageError("OutOfMemory", f"{path}: not enough memory to decode the image")
+    return PageError("UnreadableImage", f"{path}: the image cannot be decoded: {type(exc).__name__}: {message}")
+
+
+def _to_bgr(image: Image.Image) -> np.ndarray:
+    """8-bit BGR from any Pillow mode: deep modes scaled (not clipped), transparency composited on white."""
+    if image.mode in _DEEP_MODES:
+        image = Image.fromarray(_scale_to_8bit(np.asarray(image), image.mode))
+    elif image.mode in _ALPHA_MODES or (image.mode in ("P", "L", "RGB") and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
+    rgb = np.asarray(image.convert("RGB"))
+    return np.ascontiguousarray(rgb[:, :, ::-1])
+
+
+_DEEP_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "La", "RGBa"})
+
+
+def _scale_to_8bit(values: np.ndarray, mode: str) -> np.ndarray:
+    # 16-bit samples map 0..65535 onto 0..255 (a dark 16-bit scan stays dark, not clipped or stretched);
+    # mode "I" is what some decoders give 16-bit data, so it is 16-bit unless it fits in 8.
+    values = values.astype(np.float64)
+    top = 255.0
+    if mode.startswith("I;16") or (mode == "I" and values.size and values.max() > 255):
+        top = 65535.0
+    elif mode == "F" and values.size and 0.0 <= values.min() and values.max() <= 1.0:
+        top = 1.0
+    return np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
