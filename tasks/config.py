@@ -19,8 +19,9 @@ class JobConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     inputs: tuple[str, ...] = Field(
-        (), description="Image, PDF and TIFF files, directories (searched recursively), glob patterns, or "
-        "manifests (.txt/.csv/.jsonl). Required unless only_failed is set.",
+        (), description="Image, PDF and TIFF files (a page range as `scan.pdf[1-5,8]`, 1-based), directories "
+        "(searched recursively), glob patterns, or manifests (.txt/.csv/.jsonl with a path column and optional "
+        "pages/cost). Required unless only_failed is set.",
     )
     output_dir: Path = Field(..., description="Run directory: plan, records, results, summary.")
     include_globs: tuple[str, ...] = Field(
@@ -33,9 +34,9 @@ class JobConfig(BaseModel):
         100_000_000, ge=1, description="Pages with more pixels fail as DecompressionBomb instead of being decoded."
     )
     outputs: tuple[Literal["pages", "parquet", "text", "vis"], ...] = Field(
-        ("pages", "parquet", "text"),
-        description="Outputs besides results.jsonl: per-page PaddleOCR JSON under pages/, results.parquet, "
-        "text per document under text/, box visualizations of a sample under vis/.",
+        ("parquet", "text"),
+        description="Outputs besides results.jsonl: results.parquet, text per document under text/, per-page "
+        "PaddleOCR JSON under pages/ (slow on millions of pages: ~1 ms each), box pictures of a sample under vis/.",
     )
     devices: str = Field(
         "auto",

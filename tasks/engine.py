@@ -1,4 +1,4 @@
-"""Engine: PaddleOCR 3's OCR pipeline behind a small seam, and how a page's pixels are read."""
+"""Engine: PaddleOCR 3's OCR pipeline behind a small seam (reading pages' pixels is `tasks.pages`)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import logging
 from typing import Protocol
 
 import numpy as np
-from PIL import Image
 
 from tasks.models import ModelDirs
 from tasks.records import TextLine
@@ -25,29 +24,6 @@ class EngineUnusable(RuntimeError):
 class OcrEngine(Protocol):
     def __call__(self, image: np.ndarray) -> list[TextLine]:
         """OCR one BGR image into its text lines, in reading order."""
-
-
-def load_image(path: str) -> np.ndarray:
-    """Decode an image file into a BGR uint8 array (the layout PaddleOCR expects of arrays)."""
-    with Image.open(path) as image:
-        image.load()
-        rgb = np.asarray(image.convert("RGB"))
-    if rgb.shape[0] < 2 or rgb.shape[1] < 2:
-        raise ValueError(f"image is {rgb.shape[1]}x{rgb.shape[0]} pixels, too small to hold text")
-    return np.ascontiguousarray(rgb[:, :, ::-1])
-
-
-class PageReader:
-    """Reads pages' pixels; keeps state (an open document) between pages of the same input."""
-
-    def __init__(self, *, dpi: int, max_pixels: int) -> None:
-        self.dpi, self.max_pixels = dpi, max_pixels
-
-    def load(self, source: str, page: int) -> np.ndarray:
-        return load_image(source)
-
-    def close(self) -> None:
-        pass
 
 
 class PaddleOcrEngine:

@@ -235,7 +235,8 @@ def _pillow_limits_off() -> Iterator[None]:
 
 def _decode_error(path: str, exc: BaseException) -> PageError:
     message = str(exc)
-    if "truncated" in message or "broken data stream" in message or isinstance(exc, EOFError):
+    # Pillow says it several ways: "image file is truncated", "Truncated File Read", "broken data stream".
+    if "truncated" in message.lower() or "broken data stream" in message or isinstance(exc, EOFError):
         return PageError("Truncated", f"{path}: the image data is truncated (an incomplete copy?): {message}")
     if isinstance(exc, MemoryError):
         return PageError("OutOfMemory", f"{path}: not enough memory to decode the image")

@@ -69,7 +69,9 @@ def page_settings(settings: str, config: JobConfig, page: PageRef) -> str:
 def make_plan(config: JobConfig, placement: Placement | None = None) -> Planned:
     """Plan a run without writing anything: pages an earlier run already did are reused, not planned."""
     placement = placement or place_for(config)
-    candidates = failed_pages(config) if config.only_failed else collect_pages(config.inputs)
+    candidates = failed_pages(config) if config.only_failed else collect_pages(
+        config.inputs, dpi=config.pdf_dpi, include_globs=config.include_globs, exclude_globs=config.exclude_globs,
+        manifest_path_column=config.manifest_path_column)
     models = resolve_models(config, placement.devices)
     settings = fingerprint(models, f"text_recognition_batch_size={config.text_recognition_batch_size}")
     pages, reused = split_done(candidates, prior_records(Path(config.output_dir)),

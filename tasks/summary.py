@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from tasks.ledger import CARRIED
+from tasks.outputs import write_outputs
 from tasks.planning import Plan, read_manifest, read_plan, shard_paths
 from tasks.records import PageRecord, ShardReport, complete_lines, write_atomic
 
@@ -79,6 +80,8 @@ def reduce_run(run_dir: Path, shard_errors: dict[int, str] | None = None, wall_s
     failed = [record for record in records if record.status == "failed"]
     write_atomic(run_dir / "results.jsonl", "".join(r.model_dump_json() + "\n" for r in records))
     write_atomic(run_dir / "failures.jsonl", "".join(r.model_dump_json() + "\n" for r in failed))
+    config = plan.config
+    write_outputs(run_dir, records, config.outputs, dpi=config.pdf_dpi, max_pixels=config.max_image_pixels)
     summary = _summarize(run_dir, plan, records, failed, shards, problems, warnings, wall_s)
     write_atomic(run_dir / "summary.json", summary.model_dump_json(indent=2) + "\n")
     return summary

@@ -49,9 +49,10 @@ import numpy as np
 import psutil
 
 from tasks.devices import Device, GpuInfo
-from tasks.engine import EngineUnusable, OcrEngine, PaddleOcrEngine, PageReader
+from tasks.engine import EngineUnusable, OcrEngine, PaddleOcrEngine
 from tasks.ledger import file_sha256
 from tasks.nvml import NvmlUnavailable, UtilizationSampler, held_device
+from tasks.pages import PageReader
 from tasks.planning import Plan, ShardPlan, read_manifest, read_plan, shard_paths
 from tasks.records import PageRecord, PageRef, ShardReport, complete_records, write_atomic
 
@@ -131,10 +132,12 @@ class _Pages:
         for position, (index, page) in enumerate(self._todo):
             sys.stderr.write(f"{PAGE_MARK}{index}\n")  # in flight from here on: blamed if we die
             sys.stderr.flush()
-            image = ahead.result() if ahead is not None else self._load(page)
-            ahead = None
-            if self._pool is not None and position + 1 < len(self._todo):
-                ahead = self._pool.submit(self._load, self._todo[position + 1][1])
+            if self._pool is None:
+                image = self._load(page)
+            else:  # every read on the one reader thread: an open PDF is never shared between threads
+                image = (ahead or self._pool.submit(self._load, page)).result()
+                if position + 1 < len(self._todo):
+                    ahead = self._pool.submit(self._load, self._todo[position + 1][1])
             yield index, page, image
         if self._pool is not None:
             self._pool.shutdown()
@@ -147,7 +150,7 @@ class _Pages:
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(cancel_futures=True)
+            self._pool.shutdown(wait=True, cancel_futures=True)  # the reader thread is done before we close
         self._reader.close()
 
 

@@ -81,7 +81,7 @@ def test_a_corrupt_input_fails_its_page_and_the_run_still_completes(prefect_api,
     summary = run([word_pages / "alpha.png", bad], tmp_path / "out", devices="cpu:2", max_failure_rate=0.5)
     assert (summary.pages_ok, summary.pages_failed) == (1, 1)
     failure = next(read_jsonl(tmp_path / "out" / "failures.jsonl", PageRecord))
-    assert failure.source == str(bad) and failure.error_class == "UnidentifiedImageError"
+    assert failure.source == str(bad) and failure.error_class == "NotAnImage"
     with pytest.raises(RunInvalid, match="above max_failure_rate"):
         run([word_pages / "alpha.png", bad], tmp_path / "strict", devices="cpu:1")
     assert json.loads((tmp_path / "strict" / "summary.json").read_text())["pages_failed"] == 1

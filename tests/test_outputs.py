@@ -30,7 +30,7 @@ def ok(source: Path | str, page: int, *texts: str) -> PageRecord:
 
 
 def failed(source: Path | str, page: int) -> PageRecord:
-    return PageRecord(source=str(source), page=page, status="failed", error="Truncated: cut short", shard=1,
+    return PageRecord(source=str(source), page=page, status="failed", error_class="Truncated", error="cut short", shard=1,
                       device="cpu")
 
 

@@ -47,7 +47,7 @@ def test_a_corrupt_page_becomes_a_failed_record_and_the_shard_goes_on(planned):
     records = {os.path.basename(r.source): r for r in read_jsonl(shard_paths(planned, 0)["records"], PageRecord)}
     assert (report.pages_ok, report.pages_failed) == (5, 1)
     assert records["broken.png"].status == "failed"
-    assert records["broken.png"].error_class == "UnidentifiedImageError"
+    assert records["broken.png"].error_class == "NotAnImage"
     assert records["p3.png"].text == "w103"
     assert shard_paths(planned, 0)["done"].exists()
 
@@ -95,7 +95,7 @@ def test_results_are_sorted_and_failure_rate_decides_validity(planned):
     summary = reduce_run(planned)
     results = list(read_jsonl(planned / "results.jsonl", PageRecord))
     assert [r.key for r in results] == sorted(r.key for r in results)
-    assert summary.failures_by_class == {"UnidentifiedImageError": 1}
+    assert summary.failures_by_class == {"NotAnImage": 1}
     assert summary.failure_rate == pytest.approx(1 / 6, abs=1e-5)
     assert not summary.valid  # default max_failure_rate is 1%
     assert len(list(read_jsonl(planned / "failures.jsonl", PageRecord))) == 1
