@@ -22,6 +22,8 @@ from tasks.summary import RunSummary
 
 log = logging.getLogger(__name__)
 
+OUTPUT_PATHS = {"parquet": "results.parquet", "text": "text/", "pages": "pages/", "vis": "vis/"}
+
 PROGRESS_KEY = "ocrfleet-progress"
 SHARDS_KEY = "ocrfleet-shards"
 SUMMARY_KEY = "ocrfleet-summary"
@@ -105,7 +107,9 @@ def publish_summary(summary: RunSummary, plan: Plan) -> None:
 def shard_rows(summary: RunSummary) -> list[dict[str, Any]]:
     return [
         {"shard": shard.shard, "device": shard.device, "pages": shard.pages_planned, "ok": shard.pages_ok,
-         "failed": shard.pages_failed, "pages/s": shard.report.pages_per_s if shard.report else None}
+         "failed": shard.pages_failed, "pages/s": shard.report.pages_per_s if shard.report else None,
+         "busy": shard.report.busy_fraction if shard.report else None,
+         "gpu util %": shard.report.gpu_utilization_pct if shard.report else None}
         for shard in summary.shards
     ]
 
@@ -117,9 +121,10 @@ def summary_markdown(summary: RunSummary, plan: Plan) -> str:
         "",
         f"**{summary.verdict()}**",
         "",
-        "| pages planned | ok | failed | failure rate | max failure rate | shards | wall s |",
-        "|---|---|---|---|---|---|---|",
-        f"| {summary.pages_planned} | {summary.pages_ok} | {summary.pages_failed} | {summary.failure_rate:.2%} "
+        "| pages planned | skipped (done before) | ok | failed | failure rate | max failure rate | shards | wall s |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| {summary.pages_planned} | {summary.pages_skipped} | {summary.pages_ok} | {summary.pages_failed} "
+        f"| {summary.failure_rate:.2%} "
         f"| {summary.max_failure_rate:.2%} | {len(plan.shards)} | {summary.wall_s if summary.wall_s is not None else '-'} |",
         "",
         "## Failures by class",
@@ -130,9 +135,12 @@ def summary_markdown(summary: RunSummary, plan: Plan) -> str:
         "",
         *([f"- {warning}" for warning in summary.warnings] or ["none"]),
     ]
+    if summary.derived_from:
+        lines += ["", f"Reprocessing of `{summary.derived_from}`."]
     if summary.problems:
         lines += ["", "## Problems", "", *[f"- {problem}" for problem in summary.problems]]
     run_dir = summary.run_dir
     lines += ["", "## Outputs", "", f"- results: `{run_dir}/results.jsonl`",
-              f"- failures: `{run_dir}/failures.jsonl`", f"- summary: `{run_dir}/summary.json`"]
+              f"- failures: `{run_dir}/failures.jsonl`", f"- summary: `{run_dir}/summary.json`",
+              *[f"- {kind}: `{run_dir}/{OUTPUT_PATHS[kind]}`" for kind in plan.config.outputs]]
     return "\n".join(lines) + "\n"

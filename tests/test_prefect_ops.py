@@ -158,7 +158,7 @@ def test_progress_and_summary_artifacts_attach_to_the_flow_run(api_url, word_pag
     report = ShardReport(shard=0, device="cpu", pid=1, hostname="h", pages_planned=2, pages_resumed=0,
                          pages_ok=2, pages_failed=0, model_load_s=1.0, ocr_s=2.0, pages_per_s=1.25)
     summary = RunSummary(
-        run_dir=str(tmp_path), pages_planned=4, pages_ok=3, pages_failed=1, failure_rate=0.25, max_failure_rate=0.5,
+        run_dir=str(tmp_path), pages_planned=4, pages_skipped=0, pages_ok=3, pages_failed=1, failure_rate=0.25, max_failure_rate=0.5,
         failures_by_class={"DecompressionBomb": 1}, wall_s=9.5, warnings=["no GPU found: 1 CPU worker"], problems=[],
         shards=[ShardSummary(shard=0, device="cpu", pages_planned=2, records=2, pages_ok=2, pages_failed=0,
                              report=report),
@@ -197,8 +197,9 @@ def test_progress_and_summary_artifacts_attach_to_the_flow_run(api_url, word_pag
     assert artifacts[progress_id]["type"] == "progress" and float(artifacts[progress_id]["data"]) == 100.0
     artifacts = {artifact["key"]: artifact for artifact in artifacts.values() if artifact["key"] != PROGRESS_KEY}
     rows = json.loads(artifacts[SHARDS_KEY]["data"])
-    assert rows == [{"shard": 0, "device": "cpu", "pages": 2, "ok": 2, "failed": 0, "pages/s": 1.25},
-                    {"shard": 1, "device": "cpu", "pages": 2, "ok": 1, "failed": 1, "pages/s": None}]
+    figures = {"busy": None, "gpu util %": None}
+    assert rows == [{"shard": 0, "device": "cpu", "pages": 2, "ok": 2, "failed": 0, "pages/s": 1.25, **figures},
+                    {"shard": 1, "device": "cpu", "pages": 2, "ok": 1, "failed": 1, "pages/s": None, **figures}]
     markdown = artifacts[SUMMARY_KEY]["data"]
     for expected in ("3 pages ok, 1 failed", "`DecompressionBomb`: 1", "no GPU found", "results.jsonl", "valid"):
         assert expected in markdown
