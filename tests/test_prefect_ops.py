@@ -112,6 +112,36 @@ def test_an_adhoc_run_triggered_from_the_cli_runs_on_a_process_worker(deployed, 
                                                                       "ocrfleet-summary"}
 
 
+def test_reprocessing_only_the_failed_pages_of_a_run_through_the_server(deployed, worker, home, word_pages,
+                                                                        tmp_path):
+    broken = tmp_path / "in" / "broken.png"
+    broken.parent.mkdir()
+    broken.write_bytes(b"not yet a picture")
+    first = tmp_path / "first"
+    run_id = trigger_adhoc(deployed, home, {"inputs": [str(word_pages / "alpha.png"), str(broken)],
+                                            "output_dir": str(first), "devices": "cpu:1", "max_failure_rate": 0.5})
+    assert wait_for_state(deployed, run_id, {"COMPLETED", "FAILED", "CRASHED"}, 240)["state_type"] == "COMPLETED"
+    broken.write_bytes((word_pages / "beta.png").read_bytes())  # the file got fixed upstream
+    redo = tmp_path / "redo"
+    run_id = trigger_adhoc(deployed, home, {"derived_from": str(first), "only_failed": True,
+                                            "only_error_classes": ["NotAnImage"], "output_dir": str(redo),
+                                            "devices": "cpu:1"})
+    run = wait_for_state(deployed, run_id, {"COMPLETED", "FAILED", "CRASHED"}, 240)
+    assert run["state_type"] == "COMPLETED", worker.read_text()[-4000:]
+    records = [json.loads(line) for line in (redo / "results.jsonl").read_text().splitlines()]
+    assert [(r["source"], r["status"]) for r in records] == [(str(broken), "ok")]
+    assert "Dock fees" in records[0]["text"] or "Dock" in records[0]["text"]
+    assert json.loads((redo / "summary.json").read_text())["derived_from"] == str(first)
+
+
+def test_bad_parameters_are_refused_before_a_run_is_created(deployed, home, tmp_path):
+    before = len(api_call(deployed, "flow_runs/filter", {}))
+    with pytest.raises(RuntimeError, match="workers_per_device"):
+        trigger_adhoc(deployed, home, {"inputs": ["samples/pages"], "output_dir": str(tmp_path),
+                                       "workers_per_device": 0})
+    assert len(api_call(deployed, "flow_runs/filter", {})) == before
+
+
 def test_cancelling_an_adhoc_run_stops_every_worker_process(deployed, worker, home, tmp_path):
     pages = tmp_path / "pages"
     for number in range(80):
@@ -135,6 +165,14 @@ def test_cancelling_an_adhoc_run_stops_every_worker_process(deployed, worker, ho
                              timeout_s=30)
         assert run["state_type"] == "CANCELLED", worker.read_text()[-4000:]
         assert not (out / "results.jsonl").exists()  # stopped before reduce
+
+        # The same run again resumes: the lock the cancelled run held is free, finished pages are kept.
+        written = sum(len(path.read_text().splitlines()) for path in (out / "records").glob("*.jsonl"))
+        rerun = trigger_adhoc(deployed, home, {"inputs": [str(pages)], "output_dir": str(out), "devices": "cpu:2"})
+        run = wait_for_state(deployed, rerun, {"COMPLETED", "FAILED", "CRASHED"}, timeout_s=300)
+        assert run["state_type"] == "COMPLETED", worker.read_text()[-4000:]
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["pages_ok"] == 80 and summary["pages_skipped"] == written
     finally:
         for process in ocr_workers(out):  # a worker that escaped the cancel must not outlive the test
             with contextlib.suppress(psutil.NoSuchProcess):
