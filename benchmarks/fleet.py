@@ -1,0 +1,158 @@
+"""Run commands as a user would, watched from outside: wall time, first record, worker start, worker RSS."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+from pydantic import BaseModel
+
+from tasks.devices import THREAD_VARS
+
+ROOT = Path(__file__).resolve().parent.parent
+POLL_S = 0.1
+RSS_EVERY_S = 0.5
+
+
+class RssSample(BaseModel):
+    t: float  # seconds since command start
+    pages: int  # records on disk when sampled
+    rss_mb: float  # resident memory of the first worker process
+
+
+class Watched(BaseModel):
+    """What one command did, seen from outside."""
+
+    returncode: int
+    wall_s: float
+    worker_start_s: float | None = None  # first worker (or peer) process seen
+    first_record_s: float | None = None  # first record line on disk
+    rss: list[RssSample] = []
+    worker_cpu_s: dict[int, float] = {}  # CPU seconds each worker process used, last seen
+    output_tail: str = ""
+
+
+def bench_env(threads: int | None = None) -> dict[str, str]:
+    """The environment every measured command gets: the repo importable, Prefect quiet, threads pinned."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "DO_NOT_TRACK": "1"}
+    if threads is not None:
+        env.update({name: str(threads) for name in THREAD_VARS})
+    return env
+
+
+def watch(command: list[str], env: dict[str, str], records_dir: Path | None = None,
+          worker_marker: str = "tasks.worker", log: Path | None = None) -> Watched:
+    """Run `command` to its end, polling its process tree and `records_dir` every 0.1 s."""
+    log = log or Path(os.devnull)
+    started = time.monotonic()
+    with open(log, "w") as sink:
+        process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
+        parent = psutil.Process(process.pid)
+        seen = Watched(returncode=0, wall_s=0.0)
+        last_rss = -RSS_EVERY_S
+        while process.poll() is None:
+            now = time.monotonic() - started
+            workers = _workers(parent, worker_marker)
+            worker = workers[0] if workers else None
+            _add_cpu(seen, workers)
+            if worker is not None and seen.worker_start_s is None:
+                seen.worker_start_s = now
+            pages = _records_on_disk(records_dir) if records_dir else 0
+            if pages and seen.first_record_s is None:
+                seen.first_record_s = now
+            if worker is not None and now - last_rss >= RSS_EVERY_S:
+                try:
+                    seen.rss.append(RssSample(t=now, pages=pages, rss_mb=worker.memory_info().rss / 2**20))
+                    last_rss = now
+                except psutil.Error:
+                    pass
+            time.sleep(POLL_S)
+    seen.wall_s = time.monotonic() - started
+    seen.returncode = process.returncode
+    if log != Path(os.devnull):
+        seen.output_tail = log.read_text(errors="replace")[-2000:]
+    return seen
+
+
+def _workers(parent: psutil.Process, marker: str) -> list[psutil.Process]:
+    found = []
+    try:
+        children = parent.children(recursive=True)
+    except psutil.Error:
+        return found
+    for child in children:
+        try:
+            if any(marker in part for part in child.cmdline()):
+                found.append(child)
+        except psutil.Error:
+            pass
+    return found
+
+
+def _add_cpu(seen: Watched, workers: list[psutil.Process]) -> None:
+    for worker in workers:
+        try:
+            times = worker.cpu_times()
+            seen.worker_cpu_s[worker.pid] = times.user + times.system
+        except psutil.Error:
+            pass
+
+
+def _records_on_disk(records_dir: Path) -> int:
+    total = 0
+    for path in records_dir.glob("*.jsonl") if records_dir.is_dir() else ():
+        try:
+            with open(path, "rb") as handle:
+                total += handle.read().count(b"\n")
+        except OSError:
+            pass
+    return total
+
+
+class FleetRun(BaseModel):
+    """One `ocrfleet run`: the outside view plus what its reports and summary say."""
+
+    watched: Watched
+    reports: list[dict]
+    report_mtimes: list[float]
+    summary: dict
+
+    @property
+    def pages(self) -> int:
+        return sum(report["pages_ok"] + report["pages_failed"] for report in self.reports)
+
+    @property
+    def ocr_phase_s(self) -> float:
+        """From the first shard's first page to the last shard's last page (reports end with their shard)."""
+        ends = self.report_mtimes
+        starts = [end - report["ocr_s"] for end, report in zip(ends, self.reports)]
+        return max(ends) - min(starts)
+
+    @property
+    def model_load_s(self) -> float:
+        return max(report["model_load_s"] for report in self.reports)
+
+
+def run_fleet(inputs: list[Path], out: Path, workers: int, threads: int, engine: str = "onnxruntime",
+              fresh: bool = True) -> FleetRun:
+    """`ocrfleet run` on CPU workers, as from a shell; `fresh` removes `out` first."""
+    if fresh:
+        shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "tasks.cli", "run", *map(str, inputs), "--output", str(out),
+               "--devices", f"cpu:{workers}", "--threads-per-worker", str(threads), "--engine", engine]
+    watched = watch(command, bench_env(), records_dir=out / "records", log=out.parent / f"{out.name}.log")
+    if watched.returncode != 0:
+        raise RuntimeError(f"ocrfleet exited {watched.returncode}:\n{watched.output_tail}")
+    paths = sorted((out / "reports").glob("*.json"))
+    summary_path = out / "summary.json"
+    return FleetRun(watched=watched, reports=[json.loads(path.read_text()) for path in paths],
+                    report_mtimes=[path.stat().st_mtime for path in paths],
+                    summary=json.loads(summary_path.read_text()) if summary_path.exists() else {})
