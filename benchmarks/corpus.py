@@ -54,15 +54,17 @@ def uniform(count: int, dpi: int = 100, lines: int = 24) -> Path:
     return folder
 
 
-def repeated(count: int, distinct: int = 10, dpi: int = 100, lines: int = 24) -> Path:
-    """`count` pages made of `distinct` ones hard-linked over and over: a long run without the generation time."""
-    source = uniform(distinct, dpi, lines)
-    folder = CACHE / f"repeated-{count}-of-{distinct}-{dpi}dpi-{lines}l"
+def repeated(count: int, with_a4: bool) -> Path:
+    """`count` pages cycling through 10 receipt scraps (and 10 short A4 pages `with_a4`), as hard links."""
+    sources = [small_page(CACHE / "scraps" / f"scrap-{index:02d}.png", seed=500 + index) for index in range(10)]
+    if with_a4:
+        sources += sorted(uniform(10, lines=8).glob("*.png"))
+    folder = CACHE / f"repeated-{count}-of-{len(sources)}"
     folder.mkdir(parents=True, exist_ok=True)
     for index in range(count):
         target = folder / f"page-{index:06d}.png"
         if not target.exists():
-            os.link(source / f"page-{index % distinct:05d}.png", target)
+            os.link(sources[index % len(sources)], target)
     return folder
 
 
@@ -93,3 +95,31 @@ def skewed(small: int, large: int, documents: int, document_pages: int, doc_line
                     target.parent.mkdir(parents=True, exist_ok=True)
                     os.link(path, target)
     return folder
+
+
+def link_farm(count: int) -> Path:
+    """`count` real image files (hard links to one small page) in folders of 1,000: a huge input set, cheaply."""
+    folder = CACHE / f"links-{count}"
+    marker = folder / ".complete"
+    if marker.exists():
+        return folder
+    for index in range(count):
+        # A file takes at most 65,000 links (ext4): a fresh source every 50,000.
+        source = small_page(CACHE / "link-sources" / f"{index // 50_000:03d}.png", seed=7)
+        target = folder / f"{index // 1000:04d}" / f"page-{index:07d}.png"
+        if index % 1000 == 0:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists():
+            os.link(source, target)
+    marker.touch()
+    return folder
+
+
+def manifest(count: int) -> Path:
+    """A `.txt` manifest naming every file of `link_farm(count)`, one path a line."""
+    farm = link_farm(count)
+    path = CACHE / f"manifest-{count}.txt"
+    if not path.exists():
+        lines = (str(farm / f"{index // 1000:04d}" / f"page-{index:07d}.png") for index in range(count))
+        path.write_text("\n".join(lines) + "\n")
+    return path
