@@ -16,8 +16,7 @@ def measure(quick: bool, work: Path) -> list[Figure]:
     if quick:
         pages = [corpus.small_page(corpus.CACHE / "scraps" / f"scrap-{i:02d}.png", seed=500 + i) for i in range(3)]
     else:
-        pages = sorted(corpus.uniform(30).glob("*.png"))[:6] + sorted(corpus.skewed(
-            120, 3, 5, 12, doc_lines=24, as_pdf=False).glob("large-*.png"))[:1]
+        pages = sorted(corpus.uniform(20).glob("*.png"))[:6] + [corpus.page(corpus.CACHE / "large-300dpi.png", 300, 60, 2000)]
     threads = default_threads(1)  # what `--devices cpu` gives its one worker
     reps = 1 if quick else 3
     onnx, paddle = [], []

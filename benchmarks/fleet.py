@@ -35,6 +35,7 @@ class Watched(BaseModel):
     first_record_s: float | None = None  # first record line on disk
     rss: list[RssSample] = []
     worker_cpu_s: dict[int, float] = {}  # CPU seconds each worker process used, last seen
+    worker_seen_s: dict[int, tuple[float, float]] = {}  # first and last time each worker was seen
     output_tail: str = ""
 
 
@@ -61,7 +62,7 @@ def watch(command: list[str], env: dict[str, str], records_dir: Path | None = No
             now = time.monotonic() - started
             workers = _workers(parent, worker_marker)
             worker = workers[0] if workers else None
-            _add_cpu(seen, workers)
+            _add_cpu(seen, workers, now)
             if worker is not None and seen.worker_start_s is None:
                 seen.worker_start_s = now
             pages = _records_on_disk(records_dir) if records_dir else 0
@@ -96,13 +97,14 @@ def _workers(parent: psutil.Process, marker: str) -> list[psutil.Process]:
     return found
 
 
-def _add_cpu(seen: Watched, workers: list[psutil.Process]) -> None:
+def _add_cpu(seen: Watched, workers: list[psutil.Process], now: float) -> None:
     for worker in workers:
         try:
             times = worker.cpu_times()
-            seen.worker_cpu_s[worker.pid] = times.user + times.system
         except psutil.Error:
-            pass
+            continue
+        seen.worker_cpu_s[worker.pid] = times.user + times.system
+        seen.worker_seen_s[worker.pid] = (seen.worker_seen_s.get(worker.pid, (now, now))[0], now)
 
 
 def _records_on_disk(records_dir: Path) -> int:

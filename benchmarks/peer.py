@@ -34,7 +34,7 @@ def run_peer(folder: Path, out: Path, processes: int, threads: int) -> PeerRun:
     command = [sys.executable, "-m", "benchmarks.peer_multiprocess", "--input_dir", str(folder), "--output_dir",
                str(out), "--device", "cpu", "--instances_per_device", str(processes), "--threads", str(threads)]
     log = out.parent / f"{out.name}.log"
-    watched = watch(command, bench_env(threads), worker_marker="multiprocessing", log=log)
+    watched = watch(command, bench_env(threads), worker_marker="peer_multiprocess", log=log)
     text = log.read_text(errors="replace")
     if watched.returncode != 0 or "Error processing" in text:
         raise RuntimeError(f"peer failed ({watched.returncode}):\n{watched.output_tail}")
@@ -56,9 +56,9 @@ def measure(quick: bool, work: Path) -> list[Figure]:
     as_pdf = pdf_supported()
     reps = 1 if quick else 3
     corpora = {
-        "uniform": corpus.uniform(6, lines=8) if quick else corpus.uniform(30),
-        "skewed": (corpus.skewed(8, 1, 2, 3, doc_lines=8, as_pdf=as_pdf, large_lines=40) if quick
-                   else corpus.skewed(120, 3, 5, 12, doc_lines=24, as_pdf=as_pdf)),
+        "uniform": corpus.uniform(4, lines=8) if quick else corpus.uniform(20),
+        "skewed": (corpus.skewed(6, 1, 2, 2, doc_lines=6, as_pdf=as_pdf, large_lines=30) if quick
+                   else corpus.skewed(80, 3, 4, 10, doc_lines=24, as_pdf=as_pdf)),
     }
     figures = []
     for name, folder in corpora.items():

@@ -100,8 +100,8 @@ def render(figures: list[Figure], machine_facts: dict[str, str]) -> str:
              "## Machine", ""]
     lines += [f"- {key}: {value}" for key, value in machine_facts.items()]
     lines += ["", "## Figures", "", "| figure | measured | target | verdict | mode, when |", "|---|---|---|---|---|"]
-    lines += [f"| {f.name} | {f.shown()} | {f.target} | {verdict[f.met]} | {f.mode}, {f.measured_at} |"
-              for f in figures]
+    lines += [f"| {f.name} | {f.shown()} | {f.target or '-'} | {verdict[f.met] if f.target else 'info'} | "
+              f"{f.mode}, {f.measured_at} |" for f in figures]
     lines += ["", "## How each was measured", ""]
     for f in figures:
         lines.append(f"- **{f.name}**: {f.detail}")

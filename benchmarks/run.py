@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import shutil
 import sys
 import time
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         for found in figures:
             log.info("  %s: %s (target %s)", found.name, found.shown(), found.target)
         log.info("%s: %.0f s", name, time.monotonic() - started)
+    facts["load average (1, 5, 15 min) at end"] = ", ".join(f"{value:.2f}" for value in os.getloadavg())
     (HERE / "RESULTS.md").write_text(render(load_all(ORDER), facts))
     log.info("wrote %s", HERE / "RESULTS.md")
     return 0
