@@ -16,7 +16,8 @@ def measure(quick: bool, work: Path) -> list[Figure]:
     if quick:
         pages = [corpus.small_page(corpus.CACHE / "scraps" / f"scrap-{i:02d}.png", seed=500 + i) for i in range(3)]
     else:
-        pages = sorted(corpus.uniform(20).glob("*.png"))[:6] + [corpus.page(corpus.CACHE / "large-300dpi.png", 300, 60, 2000)]
+        large = corpus.page(corpus.CACHE / "large-300dpi.png", dpi=300, lines=60, seed=2000)
+        pages = sorted(corpus.uniform(20).glob("*.png"))[:6] + [large]
     threads = default_threads(1)  # what `--devices cpu` gives its one worker
     reps = 1 if quick else 3
     onnx, paddle = [], []
@@ -27,7 +28,8 @@ def measure(quick: bool, work: Path) -> list[Figure]:
     pairs = list(zip(onnx[0]["texts"], paddle[0]["texts"]))
     identical = sum(a == b for a, b in pairs)
     similarity = statistics.mean(difflib.SequenceMatcher(None, a, b).ratio() for a, b in pairs)
-    on = (f"{len(pages)} generated scan-like pages ({'receipt scraps' if quick else 'A4 at 100 dpi and one at 300 dpi'}; "
+    kind = "receipt scraps" if quick else "A4 at 100 dpi and one at 300 dpi"
+    on = (f"{len(pages)} generated scan-like pages ({kind}; "
           "no real document scans ship in the installed packages), `tasks.engine.PaddleOcrEngine` in its own "
           f"process, {threads} thread(s), {reps} alternating rep(s); medians: onnxruntime "
           f"{statistics.median(o['ocr_s'] for o in onnx) / len(pages):.2f} s/page, paddle "

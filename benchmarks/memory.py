@@ -22,8 +22,9 @@ def measure(quick: bool, work: Path) -> list[Figure]:
     final = samples[-1]
     growth = 100 * (final.rss_mb - warm.rss_mb) / warm.rss_mb
     peak = max(s.rss_mb for s in samples)
-    detail = (f"1 worker, 1 thread, {count:,} pages of {folder.name} (receipt scraps{'' if quick else ' and A4 pages'}, "
-              f"cycled); worker RSS sampled every 0.5 s: warm-up ({warm.pages} pages done) {warm.rss_mb:.0f} MB, "
+    kind = "receipt scraps" if quick else "receipt scraps and A4 pages"
+    detail = (f"1 worker, 1 thread, {count:,} pages of {folder.name} ({kind}, cycled); worker RSS sampled "
+              f"every 0.5 s: warm-up ({warm.pages} pages done) {warm.rss_mb:.0f} MB, "
               f"final ({final.pages} pages) {final.rss_mb:.0f} MB, max {peak:.0f} MB, {len(samples)} samples.")
     why = ("the worker keeps growing after warm-up: onnxruntime's CPU memory arena grows with each new input shape; "
            "try `enable_cpu_mem_arena: False` in the engine config, and the run's `max_worker_rss_mb` restarts a "

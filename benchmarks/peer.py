@@ -38,7 +38,8 @@ def run_peer(folder: Path, out: Path, processes: int, threads: int) -> PeerRun:
     text = log.read_text(errors="replace")
     if watched.returncode != 0 or "Error processing" in text:
         raise RuntimeError(f"peer failed ({watched.returncode}):\n{watched.output_tail}")
-    times = {kind: [float(t) for t in re.findall(rf"^{kind} (\d+\.\d+)$", text, re.M)] for kind in ("ready", "finished")}
+    times = {kind: [float(t) for t in re.findall(rf"^{kind} (\d+\.\d+)$", text, re.M)]
+             for kind in ("ready", "finished")}
     return PeerRun(watched=watched, ready=times["ready"], finished=times["finished"],
                    pages=len(re.findall(r"^Processed ", text, re.M)))
 
@@ -75,7 +76,8 @@ def _compare(name: str, folder: Path, fleet: list[FleetRun], peer: list[PeerRun]
              target: float) -> list[Figure]:
     end_to_end = median_ratio([p.watched.wall_s for p in peer], [f.watched.wall_s for f in fleet])
     ocr_phase = median_ratio([p.ocr_phase_s for p in peer], [f.ocr_phase_s for f in fleet])
-    documents = "multi-page PDFs" if as_pdf else "multi-page documents given one image per page (ocrfleet takes no PDF yet)"
+    documents = ("multi-page PDFs" if as_pdf
+                 else "multi-page documents given one image per page (ocrfleet takes no PDF yet)")
     on = (f"{fleet[0].pages} pages in {folder.name} ({documents if name == 'skewed' else 'A4 pages'}); "
           f"{PROCESSES} processes x 1 thread each side, onnxruntime, bundled PP-OCRv4 mobile models; "
           f"{len(fleet)} alternating rep(s); ratio = peer time / ocrfleet time, so > 1 means ocrfleet is faster")

@@ -86,9 +86,9 @@ def _scaling(one: list[FleetRun], two: list[FleetRun], on: str) -> Figure:
               "N GPUs (`--devices gpu:0..N-1`, target >= 0.95 N).")
     why = (f"per-worker speed ratio {per_worker:.2f}x says how much the two workers slow each other (shared cores, "
            f"memory bandwidth, other load on the machine): each worker got {share_two:.2f} CPU-seconds per second "
-           f"of its life with 2 workers, {share_one:.2f} alone (below 1.0: it waited for a core). Shard imbalance {imbalance:.2f} says how much the plan's "
-           "cost estimate (file size) left one worker idle at the end. A quiet machine closes the first; "
-           "pixel-count costs or more shards per device close the second.")
+           f"of its life with 2 workers, {share_one:.2f} alone (below 1.0: it waited for a core). Shard imbalance "
+           f"{imbalance:.2f} says how much the plan's cost estimate (file size) left one worker idle at the end. "
+           "A quiet machine closes the first; pixel-count costs or more shards per device close the second.")
     return figure("scaling", "scaling: 2 workers / 1 worker (OCR-phase pages/s)", ratio, "x", ">= 1.85x",
                   ratio >= 1.85, detail, why)
 
@@ -114,15 +114,22 @@ def _startup(runs: list[FleetRun], on: str) -> Figure:
                   None if value is None else value <= 10, detail, why)
 
 
+def _utilization(runs: list[FleetRun]) -> str:
+    """Every numeric report field named like `*util*` (NVML utilization, once reports carry it), as medians."""
+    values: dict[str, list[float]] = {}
+    for rep in (rep for r in runs for rep in r.reports):
+        for key, value in rep.items():
+            if "util" in key and isinstance(value, (int, float)):
+                values.setdefault(key, []).append(value)
+    return "; ".join(f"`{key}` median {statistics.median(found):.3g}" for key, found in sorted(values.items()))
+
+
 def _busy(runs: list[FleetRun], on: str) -> Figure:
     fractions = [min(rep["busy_fraction"] for rep in r.reports) for r in runs
                  if all("busy_fraction" in rep for rep in r.reports)]
     value = statistics.median(fractions) if fractions else None
-    utilization = sorted({key for r in runs for rep in r.reports for key in rep if "util" in key})
-    seen = "; ".join(f"`{key}` median {statistics.median(rep[key] for r in runs for rep in r.reports if rep.get(key) is not None)}"
-                     for key in utilization if any(rep.get(key) is not None for r in runs for rep in r.reports))
     detail = (f"lowest shard `busy_fraction` in each run's reports, median over runs; {on}. "
-              f"Utilization fields in the reports: {seen or 'n/a (none yet, or no GPU)'}.")
+              f"Utilization fields in the reports: {_utilization(runs) or 'n/a (none yet, or no GPU)'}.")
     why = ("reports carry no `busy_fraction` yet (the worker must record the share of its OCR phase spent inside "
            "the engine)" if value is None else
            "the worker waits outside the engine between pages (decode, record write); prefetching the next page's "
