@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import statistics
@@ -44,6 +45,22 @@ def run_peer(folder: Path, out: Path, processes: int, threads: int) -> PeerRun:
                    pages=len(re.findall(r"^Processed ", text, re.M)))
 
 
+def same_text(fleet_dir: Path, peer_dir: Path) -> tuple[int, int]:
+    """Pages whose text is identical on both sides, and pages compared: proof both ran the same models."""
+    fleet = {}
+    for line in (fleet_dir / "results.jsonl").read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        fleet[(Path(record["source"]).stem, record["page"])] = record["text"]
+    same = total = 0
+    for path in peer_dir.glob("*.json"):
+        result = json.loads(path.read_text(encoding="utf-8"))
+        key = (Path(result["input_path"]).stem, result.get("page_index") or 0)
+        if key in fleet:
+            total += 1
+            same += fleet[key] == "\n".join(result["rec_texts"])
+    return same, total
+
+
 def pdf_supported() -> bool:
     """Whether ocrfleet takes multi-page PDFs as inputs yet (the peer always does, through PaddleX)."""
     probe = corpus.skewed(1, 0, 1, 2, doc_lines=4, as_pdf=True)
@@ -68,19 +85,21 @@ def measure(quick: bool, work: Path) -> list[Figure]:
         for rep in range(reps):
             fleet.append(run_fleet([folder], work / f"{name}-fleet-{rep}", workers=PROCESSES, threads=1))
             peer.append(run_peer(folder, work / f"{name}-peer-{rep}", PROCESSES, threads=1))
-        figures += _compare(name, folder, fleet, peer, as_pdf, 1.0 if name == "uniform" else 1.2)
+        same = same_text(work / f"{name}-fleet-0", work / f"{name}-peer-0")
+        figures += _compare(name, folder, fleet, peer, as_pdf, 1.0 if name == "uniform" else 1.2, same)
     return figures
 
 
 def _compare(name: str, folder: Path, fleet: list[FleetRun], peer: list[PeerRun], as_pdf: bool,
-             target: float) -> list[Figure]:
+             target: float, same: tuple[int, int]) -> list[Figure]:
     end_to_end = median_ratio([p.watched.wall_s for p in peer], [f.watched.wall_s for f in fleet])
     ocr_phase = median_ratio([p.ocr_phase_s for p in peer], [f.ocr_phase_s for f in fleet])
     documents = ("multi-page PDFs" if as_pdf
                  else "multi-page documents given one image per page (ocrfleet takes no PDF yet)")
     on = (f"{fleet[0].pages} pages in {folder.name} ({documents if name == 'skewed' else 'A4 pages'}); "
           f"{PROCESSES} processes x 1 thread each side, onnxruntime, bundled PP-OCRv4 mobile models; "
-          f"{len(fleet)} alternating rep(s); ratio = peer time / ocrfleet time, so > 1 means ocrfleet is faster")
+          f"{len(fleet)} alternating rep(s); ratio = peer time / ocrfleet time, so > 1 means ocrfleet is faster; "
+          f"identical text on {same[0]} of {same[1]} pages (first rep)")
     f_wall = statistics.median(f.watched.wall_s for f in fleet)
     p_wall = statistics.median(p.watched.wall_s for p in peer)
     f_spread = statistics.median(max(f.report_mtimes) - min(f.report_mtimes) for f in fleet)
