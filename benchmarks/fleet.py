@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -36,6 +37,21 @@ class Watched(BaseModel):
     rss: list[RssSample] = []
     worker_cpu_s: dict[int, float] = {}  # CPU seconds each worker process used, last seen
     worker_seen_s: dict[int, tuple[float, float]] = {}  # first and last time each worker was seen
+    other_cpu_s: dict[int, float] = {}  # the same for every other process of the tree (the orchestrator)
+    orchestration: list[tuple[float, float]] = []  # (t, CPU seconds of the other processes so far)
+
+    def worker_cpu_share(self) -> float:
+        """CPU seconds per wall second of each working process's life, median: below 1, it waited for a core."""
+        shares = [cpu / (last - first) for pid, cpu in self.worker_cpu_s.items()
+                  for first, last in [self.worker_seen_s[pid]] if cpu > 1 and last - first > 1]
+        return statistics.median(shares) if shares else float("nan")
+
+    def orchestration_cpu_between(self, start: float, end: float) -> float:
+        """CPU seconds the non-worker processes used between two times (nearest samples)."""
+        if not self.orchestration:
+            return 0.0
+        at = lambda t: min(self.orchestration, key=lambda sample: abs(sample[0] - t))[1]  # noqa: E731
+        return at(end) - at(start)
     output_tail: str = ""
 
 
@@ -60,9 +76,10 @@ def watch(command: list[str], env: dict[str, str], records_dir: Path | None = No
         last_rss = -RSS_EVERY_S
         while process.poll() is None:
             now = time.monotonic() - started
-            workers = _workers(parent, worker_marker)
+            workers, others = _tree(parent, worker_marker)
             worker = workers[0] if workers else None
             _add_cpu(seen, workers, now)
+            _add_other_cpu(seen, others, now)
             if worker is not None and seen.worker_start_s is None:
                 seen.worker_start_s = now
             pages = _records_on_disk(records_dir) if records_dir else 0
@@ -82,19 +99,30 @@ def watch(command: list[str], env: dict[str, str], records_dir: Path | None = No
     return seen
 
 
-def _workers(parent: psutil.Process, marker: str) -> list[psutil.Process]:
-    found = []
+def _tree(parent: psutil.Process, marker: str) -> tuple[list[psutil.Process], list[psutil.Process]]:
+    """The workers (command line holds `marker`) and every other process of the tree, the parent included."""
+    workers, others = [], [parent]
     try:
         children = parent.children(recursive=True)
     except psutil.Error:
-        return found
+        return workers, others
     for child in children:
         try:
-            if any(marker in part for part in child.cmdline()):
-                found.append(child)
+            (workers if any(marker in part for part in child.cmdline()) else others).append(child)
         except psutil.Error:
             pass
-    return found
+    return workers, others
+
+
+def _add_other_cpu(seen: Watched, others: list[psutil.Process], now: float) -> None:
+    for process in others:
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        seen.other_cpu_s[process.pid] = times.user + times.system
+    if not seen.orchestration or now - seen.orchestration[-1][0] >= RSS_EVERY_S:
+        seen.orchestration.append((now, sum(seen.other_cpu_s.values())))
 
 
 def _add_cpu(seen: Watched, workers: list[psutil.Process], now: float) -> None:

@@ -90,6 +90,13 @@ def measure(quick: bool, work: Path) -> list[Figure]:
     return figures
 
 
+def _orchestration_share(run: FleetRun) -> float:
+    """CPU seconds per second the non-worker processes used from the first record to the last worker's end."""
+    start = run.watched.first_record_s or 0.0
+    end = max((last for _, last in run.watched.worker_seen_s.values()), default=run.watched.wall_s)
+    return run.watched.orchestration_cpu_between(start, end) / max(end - start, 1e-9)
+
+
 def _compare(name: str, folder: Path, fleet: list[FleetRun], peer: list[PeerRun], as_pdf: bool,
              target: float, same: tuple[int, int]) -> list[Figure]:
     end_to_end = median_ratio([p.watched.wall_s for p in peer], [f.watched.wall_s for f in fleet])
@@ -106,10 +113,16 @@ def _compare(name: str, folder: Path, fleet: list[FleetRun], peer: list[PeerRun]
     p_spread = statistics.median(max(p.finished) - min(p.finished) for p in peer)
     fixed = statistics.median(f.watched.wall_s - f.ocr_phase_s for f in fleet)
     p_fixed = statistics.median(p.watched.wall_s - p.ocr_phase_s for p in peer)
+    busy_parent = statistics.median(_orchestration_share(f) for f in fleet)
     why = (f"end to end ocrfleet took {f_wall:.1f} s vs {p_wall:.1f} s; outside the OCR phase ocrfleet spends "
            f"{fixed:.1f} s (Prefect, plan, model load, reduce) vs the peer's {p_fixed:.1f} s, which only a run "
            f"much longer than this one amortizes. Inside it, workers finished {f_spread:.1f} s apart in ocrfleet "
-           f"(static plan, cost = file size) vs {p_spread:.1f} s in the peer (a shared queue of whole files).")
+           f"(static plan, cost = file size) vs {p_spread:.1f} s in the peer (a shared queue of whole files). "
+           f"While its workers ran, ocrfleet's own processes (flow, Prefect's local API, log pumping) used "
+           f"{busy_parent:.2f} CPU-seconds per second, taken from the workers when cores are few. Each working "
+           f"process got {statistics.median(f.watched.worker_cpu_share() for f in fleet):.2f} CPU-seconds per "
+           f"second in ocrfleet vs {statistics.median(p.watched.worker_cpu_share() for p in peer):.2f} in the peer: "
+           "a difference there is other load on the machine, not either program.")
     label = f"peer {name}"
     return [
         figure("peer", f"{label}: end to end (peer wall / ocrfleet wall)", end_to_end, "x", f">= {target:.1f}x",

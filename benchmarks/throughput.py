@@ -94,10 +94,7 @@ def _scaling(one: list[FleetRun], two: list[FleetRun], on: str) -> Figure:
 
 
 def _cpu_share(runs: list[FleetRun]) -> float:
-    """CPU seconds per wall second of each worker process's life, median over workers."""
-    shares = [cpu / (last - first) for r in runs for pid, cpu in r.watched.worker_cpu_s.items()
-              for first, last in [r.watched.worker_seen_s[pid]] if last - first > 1]
-    return statistics.median(shares) if shares else float("nan")
+    return statistics.median(run.watched.worker_cpu_share() for run in runs)
 
 
 def _startup(runs: list[FleetRun], on: str) -> Figure:
