@@ -104,8 +104,8 @@ def link_farm(count: int) -> Path:
     if marker.exists():
         return folder
     for index in range(count):
-        # A file takes at most 65,000 links (ext4): a fresh source every 50,000.
-        source = small_page(CACHE / "link-sources" / f"{index // 50_000:03d}.png", seed=7)
+        # A file takes at most 65,000 links (ext4): each farm has its own sources, a fresh one every 50,000.
+        source = small_page(CACHE / f"link-sources-{count}" / f"{index // 50_000:03d}.png", seed=7)
         target = folder / f"{index // 1000:04d}" / f"page-{index:07d}.png"
         if index % 1000 == 0:
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import psutil
+import yaml
 from pydantic import BaseModel
 
 from tasks.devices import THREAD_VARS
@@ -171,13 +172,16 @@ class FleetRun(BaseModel):
 
 
 def run_fleet(inputs: list[Path], out: Path, workers: int, threads: int, engine: str = "onnxruntime",
-              fresh: bool = True) -> FleetRun:
-    """`ocrfleet run` on CPU workers, as from a shell; `fresh` removes `out` first."""
-    if fresh:
-        shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
+              settings: dict | None = None) -> FleetRun:
+    """A fresh `ocrfleet run` on CPU workers, as from a shell; `settings` go in a `--config` YAML file."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
     command = [sys.executable, "-m", "tasks.cli", "run", *map(str, inputs), "--output", str(out),
                "--devices", f"cpu:{workers}", "--threads-per-worker", str(threads), "--engine", engine]
+    if settings:
+        config = out.parent / f"{out.name}.yaml"
+        config.write_text(yaml.safe_dump(settings))
+        command += ["--config", str(config)]
     watched = watch(command, bench_env(), records_dir=out / "records", log=out.parent / f"{out.name}.log")
     if watched.returncode != 0:
         raise RuntimeError(f"ocrfleet exited {watched.returncode}:\n{watched.output_tail}")

@@ -17,6 +17,7 @@ from benchmarks.report import Figure, figure, median_ratio
 from tasks.inputs import InputError, collect_pages
 
 PROCESSES = 2
+PEER_PDF_DPI = 144  # PaddleX renders PDF pages at zoom 2.0 (paddlex/inference/utils/io/readers.py): same pixels
 
 
 class PeerRun(BaseModel):
@@ -83,7 +84,8 @@ def measure(quick: bool, work: Path) -> list[Figure]:
         fleet: list[FleetRun] = []
         peer: list[PeerRun] = []
         for rep in range(reps):
-            fleet.append(run_fleet([folder], work / f"{name}-fleet-{rep}", workers=PROCESSES, threads=1))
+            fleet.append(run_fleet([folder], work / f"{name}-fleet-{rep}", workers=PROCESSES, threads=1,
+                                   settings={"pdf_dpi": PEER_PDF_DPI} if as_pdf else None))
             peer.append(run_peer(folder, work / f"{name}-peer-{rep}", PROCESSES, threads=1))
         same = same_text(work / f"{name}-fleet-0", work / f"{name}-peer-0")
         figures += _compare(name, folder, fleet, peer, as_pdf, 1.0 if name == "uniform" else 1.2, same)
