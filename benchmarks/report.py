@@ -96,7 +96,9 @@ def load_all(order: list[str]) -> list[Figure]:
 def render(figures: list[Figure], machine_facts: dict[str, str]) -> str:
     verdict = {True: "met", False: "**missed**", None: "n/a"}
     lines = ["# ocrfleet benchmark results", "",
-             "Written by `python -m benchmarks.run` (see `benchmarks/README.md`); do not edit by hand.", "",
+             f"Written {datetime.datetime.now().isoformat(timespec='seconds')} by `python -m benchmarks.run` (see "
+             "`benchmarks/README.md`); do not edit by hand. Each figure says its mode (quick: smoke sizes, one "
+             "rep; full: the sizes the targets are about) and when it was measured.", "",
              "## Machine", ""]
     lines += [f"- {key}: {value}" for key, value in machine_facts.items()]
     lines += ["", "## Figures", "", "| figure | measured | target | verdict | mode, when |", "|---|---|---|---|---|"]
