@@ -40,6 +40,7 @@ class Watched(BaseModel):
     worker_seen_s: dict[int, tuple[float, float]] = {}  # first and last time each worker was seen
     other_cpu_s: dict[int, float] = {}  # the same for every other process of the tree (the orchestrator)
     orchestration: list[tuple[float, float]] = []  # (t, CPU seconds of the other processes so far)
+    output_tail: str = ""
 
     def worker_cpu_share(self) -> float:
         """CPU seconds per wall second of each working process's life, median: below 1, it waited for a core."""
@@ -51,9 +52,11 @@ class Watched(BaseModel):
         """CPU seconds the non-worker processes used between two times (nearest samples)."""
         if not self.orchestration:
             return 0.0
-        at = lambda t: min(self.orchestration, key=lambda sample: abs(sample[0] - t))[1]  # noqa: E731
+
+        def at(t: float) -> float:
+            return min(self.orchestration, key=lambda sample: abs(sample[0] - t))[1]
+
         return at(end) - at(start)
-    output_tail: str = ""
 
 
 def bench_env(threads: int | None = None) -> dict[str, str]:

@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 
 from tasks.models import BUNDLED_DET, BUNDLED_REC, ModelDirs, default_cache_dir, materialize
 
@@ -41,6 +42,17 @@ def plain_paddleocr(models: ModelDirs, threads: int):
                      device="cpu", **options)
 
 
+def _reader(models: ModelDirs, threads: int, via_ocrfleet_engine: bool) -> Callable[[str], str]:
+    """A function from a page's path to its text, loaded once."""
+    if via_ocrfleet_engine:
+        from tasks.engine import PaddleOcrEngine, load_image
+
+        engine = PaddleOcrEngine(models, "cpu", threads)
+        return lambda path: "\n".join(line.text for line in engine(load_image(path)))
+    pipeline = plain_paddleocr(models, threads)
+    return lambda path: "\n".join(pipeline.predict(path)[0]["rec_texts"])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--engine", choices=["onnxruntime", "paddle"], required=True)
@@ -48,16 +60,8 @@ def main() -> int:
     parser.add_argument("--via-ocrfleet-engine", action="store_true", help="use tasks.engine.PaddleOcrEngine")
     parser.add_argument("pages", nargs="+")
     args = parser.parse_args()
-    models = bundled_models(args.engine)
     started = time.monotonic()
-    if args.via_ocrfleet_engine:
-        from tasks.engine import PaddleOcrEngine, load_image
-
-        engine = PaddleOcrEngine(models, "cpu", args.threads)
-        ocr = lambda path: "\n".join(line.text for line in engine(load_image(path)))  # noqa: E731
-    else:
-        pipeline = plain_paddleocr(models, args.threads)
-        ocr = lambda path: "\n".join(pipeline.predict(path)[0]["rec_texts"])  # noqa: E731
+    ocr = _reader(bundled_models(args.engine), args.threads, args.via_ocrfleet_engine)
     load_s = time.monotonic() - started
     texts, started = [], time.monotonic()
     for path in args.pages:

@@ -35,11 +35,13 @@ def step_plan(inputs: str, out: Path) -> dict:
 
     config = _config(inputs, out)
     started = time.monotonic()
-    plan, _ = make_plan(config)
-    seconds = time.monotonic() - started
+    plan, shard_pages = make_plan(config)
+    seconds, peak = time.monotonic() - started, _peak_rss_mb()
+    del shard_pages
     started = time.monotonic()
     collect_pages(config.inputs)  # again, to split the time: listing inputs vs the rest of planning
-    return {"seconds": seconds, "pages": plan.pages_total, "collect_s": time.monotonic() - started}
+    return {"seconds": seconds, "pages": plan.pages_total, "collect_s": time.monotonic() - started,
+            "peak_rss_mb": peak}
 
 
 def step_synth(inputs: str, out: Path) -> dict:
@@ -126,7 +128,7 @@ def _plan(count: int, scaled: str, work: Path, share: float) -> Figure:
                   f"`make_plan` ({SHARDS} CPU shards) over {result['pages']:,} real files (hard links to one page) "
                   f"named by {how}; peak RSS {result['peak_rss_mb']:.0f} MB (whole process).",
                   f"of the {result['seconds']:.1f} s, listing the inputs (`collect_pages`: walk, a stat and a PageRef "
-                  f"per file) takes about {result['collect_s']:.1f} s (measured again, warm), the rest is splitting "
+                  f"per file) takes about {result['collect_s']:.1f} s (timed again after the plan), the rest is splitting "
                   "and the Plan model; every page is held as a pydantic PageRef at once. Profile with "
                   "`python -m cProfile -m benchmarks.scale plan INPUTS OUT`.")
 
@@ -148,6 +150,10 @@ def _noop(count: int, work: Path) -> Figure:
                   "a check of done markers against run.json before Prefect starts could return at once.")
 
 
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.scale")
     parser.add_argument("step", choices=sorted(STEPS))
@@ -155,7 +161,7 @@ def main() -> int:
     parser.add_argument("out", type=Path)
     args = parser.parse_args()
     result = STEPS[args.step](args.inputs, args.out)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    result.setdefault("peak_rss_mb", _peak_rss_mb())
     print(json.dumps(result))
     return 0
 
