@@ -1,0 +1,1 @@
+"""ocrfleet's benchmark suite: `python -m benchmarks.run [--quick] [--only NAME ...]` writes RESULTS.md."""

@@ -1,0 +1,125 @@
+"""Benchmark inputs: scan-like document pages, generated once and cached under `benchmarks/.cache/`."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+from PIL import Image
+
+from tests.pages import draw_page
+
+CACHE = Path(__file__).resolve().parent / ".cache"
+
+_WORDS = ("invoice order total amount shipment warehouse customer account balance due payment receipt "
+          "delivery address street city number date item quantity price tax net gross freight dock pallet "
+          "schedule report quarter revenue summary signed approved pending reference contract clause party "
+          "agreement notice period terms conditions section page annex batch scanner operator night shift").split()
+
+
+def text_lines(count: int, rng: random.Random) -> list[str]:
+    """Lines of plausible business text with numbers, as on a typed letter or invoice."""
+    lines = []
+    for _ in range(count):
+        words = [rng.choice(_WORDS) for _ in range(rng.randint(3, 7))]
+        if rng.random() < 0.5:
+            words.append(f"{rng.randint(1, 9999)}.{rng.randint(0, 99):02d}")
+        lines.append(" ".join(words).capitalize())
+    return lines
+
+
+def page(path: Path, dpi: int, lines: int, seed: int) -> Path:
+    """An A4 page scanned at `dpi`: `lines` lines of text, tint, blur, noise and a slight skew."""
+    if path.exists():
+        return path
+    size = (round(8.27 * dpi), round(11.69 * dpi))
+    font_px = round(dpi * 0.17)  # about 12 pt type
+    return draw_page(path, text_lines(lines, random.Random(seed)), size=size, font_px=font_px, scanned=True,
+                     seed=seed)
+
+
+def small_page(path: Path, seed: int) -> Path:
+    """A receipt-sized scrap: a few short lines."""
+    if path.exists():
+        return path
+    return draw_page(path, text_lines(4, random.Random(seed)), size=(420, 300), font_px=22, scanned=True, seed=seed)
+
+
+def uniform(count: int, dpi: int = 100, lines: int = 24) -> Path:
+    """A folder of `count` similar A4 pages."""
+    folder = CACHE / f"uniform-{count}-{dpi}dpi-{lines}l"
+    for index in range(count):
+        page(folder / f"page-{index:05d}.png", dpi, lines, seed=index)
+    return folder
+
+
+def repeated(count: int, with_a4: bool) -> Path:
+    """`count` pages cycling through 10 receipt scraps (and 10 short A4 pages `with_a4`), as hard links."""
+    sources = [small_page(CACHE / "scraps" / f"scrap-{index:02d}.png", seed=500 + index) for index in range(10)]
+    if with_a4:
+        sources += sorted(uniform(10, lines=8).glob("*.png"))
+    folder = CACHE / f"repeated-{count}-of-{len(sources)}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        target = folder / f"page-{index:06d}.png"
+        if not target.exists():
+            os.link(sources[index % len(sources)], target)
+    return folder
+
+
+def skewed(small: int, large: int, documents: int, document_pages: int, doc_lines: int, as_pdf: bool,
+           large_lines: int = 60) -> Path:
+    """Many small scraps, a few 300-dpi A4 pages, and several multi-page documents.
+
+    With `as_pdf` each document is one PDF (how multi-page inputs arrive); without it, one image per page.
+    """
+    kind = "pdf" if as_pdf else "png"
+    folder = CACHE / f"skewed-{small}s-{large}x{large_lines}l-{documents}x{document_pages}x{doc_lines}l-{kind}"
+    for index in range(small):
+        small_page(folder / f"scrap-{index:04d}.png", seed=1000 + index)
+    for index in range(large):
+        page(folder / f"large-{index:02d}.png", 300, large_lines, seed=2000 + index)
+    for doc in range(documents):
+        pages = [page(CACHE / f"document-pages-{doc_lines}l" / f"doc-{doc:02d}-{number:03d}.png", 100, doc_lines,
+                      seed=3000 + doc * 100 + number) for number in range(document_pages)]
+        if as_pdf:
+            target = folder / f"document-{doc:02d}.pdf"
+            if not target.exists():
+                images = [Image.open(path).convert("RGB") for path in pages]
+                images[0].save(target, save_all=True, append_images=images[1:], resolution=100)
+        else:
+            for path in pages:
+                target = folder / f"document-{path.name}"
+                if not target.exists():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.link(path, target)
+    return folder
+
+
+def link_farm(count: int) -> Path:
+    """`count` real image files (hard links to one small page) in folders of 1,000: a huge input set, cheaply."""
+    folder = CACHE / f"links-{count}"
+    marker = folder / ".complete"
+    if marker.exists():
+        return folder
+    for index in range(count):
+        # A file takes at most 65,000 links (ext4): each farm has its own sources, a fresh one every 50,000.
+        source = small_page(CACHE / f"link-sources-{count}" / f"{index // 50_000:03d}.png", seed=7)
+        target = folder / f"{index // 1000:04d}" / f"page-{index:07d}.png"
+        if index % 1000 == 0:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists():
+            os.link(source, target)
+    marker.touch()
+    return folder
+
+
+def manifest(count: int) -> Path:
+    """A `.txt` manifest naming every file of `link_farm(count)`, one path a line."""
+    farm = link_farm(count)
+    path = CACHE / f"manifest-{count}.txt"
+    if not path.exists():
+        lines = (str(farm / f"{index // 1000:04d}" / f"page-{index:07d}.png") for index in range(count))
+        path.write_text("\n".join(lines) + "\n")
+    return path

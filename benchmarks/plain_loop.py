@@ -1,0 +1,75 @@
+"""The baseline a user writes without ocrfleet: one process, PaddleOCR built once, `predict(path)` per page.
+
+Run as a subprocess so its thread settings are its own:
+`python -m benchmarks.plain_loop --engine onnxruntime|paddle --threads T [--via-ocrfleet-engine] PAGE...`.
+Prints one JSON object: load_s, ocr_s, pages and each page's text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+
+from tasks.models import BUNDLED_DET, BUNDLED_REC, ModelDirs, default_cache_dir, materialize
+
+
+def bundled_models(engine: str) -> ModelDirs:
+    """The offline models ocrfleet uses by default, for `engine`."""
+    cache = default_cache_dir()
+    return ModelDirs(engine=engine, text_detection_model_name=BUNDLED_DET,
+                     text_detection_model_dir=str(materialize(engine, BUNDLED_DET, cache)),
+                     text_recognition_model_name=BUNDLED_REC,
+                     text_recognition_model_dir=str(materialize(engine, BUNDLED_REC, cache)))
+
+
+def plain_paddleocr(models: ModelDirs, threads: int):
+    """PaddleOCR with the options ocrfleet's engine passes on CPU (tasks/engine.py), written out by hand."""
+    from paddleocr import PaddleOCR
+
+    if models.engine == "onnxruntime":
+        options = {"engine": "onnxruntime",
+                   "engine_config": {"intra_op_num_threads": threads, "inter_op_num_threads": 1}}
+    else:
+        options = {"enable_mkldnn": False, "cpu_threads": threads}
+    return PaddleOCR(text_detection_model_name=models.text_detection_model_name,
+                     text_detection_model_dir=models.text_detection_model_dir,
+                     text_recognition_model_name=models.text_recognition_model_name,
+                     text_recognition_model_dir=models.text_recognition_model_dir,
+                     use_doc_orientation_classify=False, use_doc_unwarping=False, use_textline_orientation=False,
+                     device="cpu", **options)
+
+
+def _reader(models: ModelDirs, threads: int, via_ocrfleet_engine: bool) -> Callable[[str], str]:
+    """A function from a page's path to its text, loaded once."""
+    if via_ocrfleet_engine:
+        from tasks.engine import PaddleOcrEngine, load_image
+
+        engine = PaddleOcrEngine(models, "cpu", threads)
+        return lambda path: "\n".join(line.text for line in engine(load_image(path)))
+    pipeline = plain_paddleocr(models, threads)
+    return lambda path: "\n".join(pipeline.predict(path)[0]["rec_texts"])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--engine", choices=["onnxruntime", "paddle"], required=True)
+    parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--via-ocrfleet-engine", action="store_true", help="use tasks.engine.PaddleOcrEngine")
+    parser.add_argument("pages", nargs="+")
+    args = parser.parse_args()
+    started = time.monotonic()
+    ocr = _reader(bundled_models(args.engine), args.threads, args.via_ocrfleet_engine)
+    load_s = time.monotonic() - started
+    texts, started = [], time.monotonic()
+    for path in args.pages:
+        texts.append(ocr(path))
+    ocr_s = time.monotonic() - started
+    print(json.dumps({"load_s": load_s, "ocr_s": ocr_s, "pages": len(texts), "texts": texts}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
