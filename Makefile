@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_OUT ?= out/demo
 
-.PHONY: install demo test deploy bench clean
+.PHONY: install demo test deploy bench bench-quick clean
 
 $(BIN)/ocrfleet: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,13 @@ test: install
 # Pool + nightly/adhoc deployments on the Prefect server at PREFECT_API_URL (see docs/prefect.md).
 deploy: install
 	$(BIN)/ocrfleet deploy
+
+# Benchmarks: figures beside their targets in benchmarks/RESULTS.md (full: about an hour on 2 cores).
+bench: install
+	$(BIN)/python -m benchmarks.run
+
+bench-quick: install
+	$(BIN)/python -m benchmarks.run --quick
 
 clean:
 	rm -rf $(VENV) out
