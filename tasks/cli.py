@@ -17,8 +17,10 @@ from tasks.deploy import DeployError
 from tasks.devices import DeviceError, visible_gpus
 from tasks.nvml import NvmlUnavailable, nvml_inventory
 from tasks.inputs import InputError
-from tasks.lock import RunDirBusy, check_run_dir
+from tasks.lock import RunDirBusy, check_run_dir, hold_run_dir
 from tasks.placement import place
+from tasks.progress import ProgressBar
+from tasks.summary import up_to_date
 
 _EXPECTED = (ConfigError, DeviceError, InputError, RunDirBusy)
 
@@ -57,8 +59,14 @@ def _preflight(config: JobConfig) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     config = getattr(args, "resolved", None) or _config(args)
     _preflight(config)
+    with hold_run_dir(Path(config.output_dir), "ocrfleet run: up-to-date check"):
+        finished = up_to_date(config)
+    if finished is not None:  # nothing new since the last run: no Prefect run, no model load
+        print(f"ocrfleet: nothing to do: all {finished.pages_planned} pages are done already "
+              f"(results: {Path(config.output_dir) / 'results.jsonl'})")
+        print(f"ocrfleet: {finished.verdict()}")
+        return 0 if finished.valid else 1
     from flows.ocr_flow import ocr_run  # Prefect is imported only by commands that run a flow
-    from tasks.progress import ProgressBar
 
     with ProgressBar(Path(config.output_dir)):
         state = ocr_run(config=config, return_state=True)

@@ -9,8 +9,9 @@ from pydantic import BaseModel, ValidationError
 
 from tasks.ledger import CARRIED
 from tasks.outputs import write_outputs
-from tasks.planning import Plan, read_manifest, read_plan, shard_paths
-from tasks.records import PageRecord, ShardReport, complete_lines, write_atomic
+from tasks.config import JobConfig
+from tasks.planning import Plan, make_plan, read_manifest, read_plan, shard_paths
+from tasks.records import PageRecord, RecordIdentity, ShardReport, complete_lines, write_atomic
 
 
 class ShardSummary(BaseModel):
@@ -55,42 +56,52 @@ class RunSummary(BaseModel):
         return f"{self.pages_ok} pages ok, {self.pages_failed} failed, no problems"
 
 
+# A record as reduce handles it: its identity (parsed) and its JSON line, kept as the worker wrote it.
+Entry = tuple[RecordIdentity, str]
+
+
 def reduce_run(run_dir: Path, shard_errors: dict[int, str] | None = None, wall_s: float | None = None) -> RunSummary:
-    """Check every planned page has exactly one record; write results, failures and summary (atomically)."""
+    """Check every planned page has exactly one record; write results, failures and summary (atomically).
+
+    Records are reconciled by their identity fields only and written as the lines they are, so reducing
+    a million pages costs seconds; the optional outputs (parquet, text, ...) parse them in full.
+    """
     plan = read_plan(run_dir)
     shard_errors = shard_errors or {}
     problems = [f"shard {shard}: {error.splitlines()[0]}" for shard, error in sorted(shard_errors.items())]
-    records, carried_problems = _carried(run_dir, plan)
+    entries, carried_problems = _carried(run_dir, plan)
     problems += carried_problems
     shards = []
     for spec in plan.shards:
-        shard_records, shard_problems = _reconcile(run_dir, spec.shard)
+        shard_entries, shard_problems = _reconcile(run_dir, spec.shard)
         problems += shard_problems
-        records += shard_records
+        entries += shard_entries
         report_path = shard_paths(run_dir, spec.shard)["report"]
         report = ShardReport.model_validate_json(report_path.read_text()) if report_path.exists() else None
-        shards.append(ShardSummary(
-            shard=spec.shard, device=spec.device.name, pages_planned=spec.pages, records=len(shard_records),
-            pages_ok=sum(r.status == "ok" for r in shard_records),
-            pages_failed=sum(r.status == "failed" for r in shard_records), report=report))
+        ok = sum(identity.status == "ok" for identity, _ in shard_entries)
+        shards.append(ShardSummary(shard=spec.shard, device=spec.device.name, pages_planned=spec.pages,
+                                   records=len(shard_entries), pages_ok=ok, pages_failed=len(shard_entries) - ok,
+                                   report=report))
     problems += _placement_problems(plan, shards)
     warnings = list(plan.warnings) + [w for shard in shards if shard.report for w in shard.report.warnings]
-    records.sort(key=lambda record: record.key)
-    problems += _whole_run_problems(plan, records)
-    failed = [record for record in records if record.status == "failed"]
-    write_atomic(run_dir / "results.jsonl", "".join(r.model_dump_json() + "\n" for r in records))
-    write_atomic(run_dir / "failures.jsonl", "".join(r.model_dump_json() + "\n" for r in failed))
+    entries.sort(key=lambda entry: entry[0].key)
+    problems += _whole_run_problems(plan, entries)
+    failed = [entry for entry in entries if entry[0].status == "failed"]
+    write_atomic(run_dir / "results.jsonl", "".join(line + "\n" for _, line in entries))
+    write_atomic(run_dir / "failures.jsonl", "".join(line + "\n" for _, line in failed))
     config = plan.config
-    write_outputs(run_dir, records, config.outputs, dpi=config.pdf_dpi, max_pixels=config.max_image_pixels)
-    summary = _summarize(run_dir, plan, records, failed, shards, problems, warnings, wall_s)
+    if config.outputs:
+        records = [PageRecord.model_validate_json(line) for _, line in entries]
+        write_outputs(run_dir, records, config.outputs, dpi=config.pdf_dpi, max_pixels=config.max_image_pixels)
+    summary = _summarize(run_dir, plan, entries, failed, shards, problems, warnings, wall_s)
     write_atomic(run_dir / "summary.json", summary.model_dump_json(indent=2) + "\n")
     return summary
 
 
-def _summarize(run_dir: Path, plan: Plan, records: list[PageRecord], failed: list[PageRecord],
+def _summarize(run_dir: Path, plan: Plan, records: list[Entry], failed: list[Entry],
                shards: list[ShardSummary], problems: list[str], warnings: list[str],
                wall_s: float | None) -> RunSummary:
-    by_class = collections.Counter(record.error_class or "Unknown" for record in failed)
+    by_class = collections.Counter(identity.error_class or "Unknown" for identity, _ in failed)
     return RunSummary(
         run_dir=str(run_dir), derived_from=str(plan.config.derived_from) if plan.config.derived_from else None,
         pages_planned=plan.pages_total, pages_skipped=plan.pages_skipped,
@@ -121,9 +132,9 @@ def _placement_problems(plan: Plan, shards: list[ShardSummary]) -> list[str]:
     return problems
 
 
-def _whole_run_problems(plan: Plan, records: list[PageRecord]) -> list[str]:
+def _whole_run_problems(plan: Plan, entries: list[Entry]) -> list[str]:
     """Across shards and carried records: every page of the inputs exactly once."""
-    keys = [record.key for record in records]
+    keys = [identity.key for identity, _ in entries]
     duplicates = len(keys) - len(set(keys))
     problems = [f"{duplicates} page(s) have a record both carried and made again"] if duplicates else []
     if len(set(keys)) != plan.pages_total:
@@ -131,31 +142,31 @@ def _whole_run_problems(plan: Plan, records: list[PageRecord]) -> list[str]:
     return problems
 
 
-def _carried(run_dir: Path, plan: Plan) -> tuple[list[PageRecord], list[str]]:
+def _carried(run_dir: Path, plan: Plan) -> tuple[list[Entry], list[str]]:
     """The earlier records this plan reuses, checked against the count it planned to reuse."""
     lines = complete_lines(run_dir / CARRIED)
-    records, problems = [], []
+    entries, problems = [], []
     for number, line in enumerate(lines, 1):
         try:
-            records.append(PageRecord.model_validate_json(line))
+            entries.append((RecordIdentity.model_validate_json(line), line))
         except ValidationError:
             problems.append(f"{CARRIED} line {number} does not parse")
     if len(lines) != plan.pages_skipped:
         problems.append(f"{CARRIED}: {len(lines)} records, but the plan reuses {plan.pages_skipped}")
-    return records, problems
+    return entries, problems
 
 
-def _reconcile(run_dir: Path, shard: int) -> tuple[list[PageRecord], list[str]]:
+def _reconcile(run_dir: Path, shard: int) -> tuple[list[Entry], list[str]]:
     """The shard's valid records and the named problems: unparsable, duplicate, unplanned, missing."""
     paths = shard_paths(run_dir, shard)
     planned = {page.key for page in read_manifest(run_dir, shard)}
     problems: list[str] = []
-    records: list[PageRecord] = []
+    entries: list[Entry] = []
     seen: set[tuple[str, int]] = set()
     lines = complete_lines(paths["records"])
     for number, line in enumerate(lines, 1):
         try:
-            record = PageRecord.model_validate_json(line)
+            record = RecordIdentity.model_validate_json(line)
         except ValidationError:
             problems.append(f"shard {shard}: records line {number} does not parse")
             continue
@@ -165,11 +176,33 @@ def _reconcile(run_dir: Path, shard: int) -> tuple[list[PageRecord], list[str]]:
             problems.append(f"shard {shard}: duplicate record {record.source} page {record.page}")
         else:
             seen.add(record.key)
-            records.append(record)
+            entries.append((record, line))
     if len(seen) != len(planned):
         missing = sorted(planned - seen)
         examples = ", ".join(f"{source} page {page}" for source, page in missing[:3])
         problems.append(f"shard {shard}: {len(planned)} pages planned, {len(seen)} records (missing {examples})")
     if not paths["done"].exists():
         problems.append(f"shard {shard}: no done marker; its worker did not finish")
-    return records, problems
+    return entries, problems
+
+
+def up_to_date(config: JobConfig) -> RunSummary | None:
+    """The summary of the finished run in `config.output_dir`, if running `config` again would change nothing.
+
+    That is: the same config, no page to do, and every page's earlier record exactly what `results.jsonl`
+    holds. A nightly run with nothing new then costs a listing and a read, not a Prefect run.
+    """
+    run_dir = Path(config.output_dir)
+    try:
+        earlier = read_plan(run_dir)
+        summary = RunSummary.model_validate_json((run_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if earlier.config != config:
+        return None
+    planned = make_plan(config)
+    if planned.shard_pages or planned.plan.settings != earlier.settings:
+        return None
+    if [prior.line for prior in planned.reused] != complete_lines(run_dir / "results.jsonl"):
+        return None
+    return summary

@@ -82,6 +82,12 @@ def test_killing_the_run_at_any_point_then_rerunning_gives_the_clean_results_exa
     assert '"problems": []' in summary
     assert before > 0
 
+    # Once more: nothing new, so no Prefect run and no model load, and the results stay byte for byte.
+    results = (out / "results.jsonl").read_bytes()
+    again = finish(corpus, out)
+    assert "nothing to do: all 12 pages are done already" in again.stdout
+    assert (out / "results.jsonl").read_bytes() == results and "Created flow run" not in again.stderr
+
 
 def test_a_worker_killed_mid_shard_is_restarted_and_the_run_completes(corpus, tmp_path):
     out = tmp_path / "out"
