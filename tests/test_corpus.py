@@ -1,5 +1,6 @@
 """Corpus runs: chunk planning and the corpus reduce (plain, fast), and one real multi-worker run on a server."""
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -151,3 +152,125 @@ def test_a_chunk_is_presumed_dead_only_after_its_dir_is_silent_while_it_runs(tmp
     assert not watch.stalled("RUNNING")
     now[0] = 119
     assert watch.stalled("RUNNING") and watch.quiet_s() == 11
+
+
+class MachineKiller:
+    """Watches one machine's process tree and kills all of it at once, as a power cut would, mid-chunk.
+
+    "Mid-chunk": one of its OCR workers has written at least one record of its shard and is not done.
+    """
+
+    def __init__(self, machine) -> None:
+        import threading
+
+        self.machine, self.stop = machine, threading.Event()
+        self.killed: tuple[Path, int] | None = None  # the chunk's run dir, records written before the kill
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        import psutil
+
+        while not self.stop.wait(0.05):
+            try:
+                family = [psutil.Process(self.machine.pid), *psutil.Process(self.machine.pid).children(recursive=True)]
+            except psutil.NoSuchProcess:
+                return
+            for process in family:
+                try:
+                    command = process.cmdline()
+                except psutil.Error:
+                    continue
+                if "tasks.worker" not in command:
+                    continue
+                run_dir, shard = Path(command[command.index("--run-dir") + 1]), int(command[command.index("--shard") + 1])
+                records = run_dir / "records" / f"{shard:05d}.jsonl"
+                written = len(records.read_text().splitlines()) if records.exists() else 0
+                if written and not (run_dir / "done" / f"{shard:05d}").exists():
+                    for member in family:
+                        with contextlib.suppress(psutil.Error):
+                            member.kill()
+                    self.killed = (run_dir, written)
+                    return
+
+
+@contextlib.contextmanager
+def machine(api_url: str, home: Path, name: str, devices: str):
+    """A process worker standing in for one GPU machine: its own name, `OCRFLEET_DEVICES`, and limit 1."""
+    import subprocess
+
+    from tests.prefect_server import PREFECT, ROOT, quiet_env, stop_tree
+
+    home.mkdir(parents=True, exist_ok=True)
+    env = quiet_env(home, PREFECT_API_URL=api_url, OCRFLEET_DEVICES=devices, PREFECT_WORKER_QUERY_SECONDS="1")
+    with open(home / "worker.log", "wb") as log:
+        process = subprocess.Popen([*PREFECT, "worker", "start", "--pool", "ocrfleet", "--name", name, "--limit", "1"],
+                                   cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        yield process
+    finally:
+        stop_tree(process)
+
+
+def texts(results: Path) -> dict[tuple[str, int], str]:
+    return {(r["source"], r["page"]): r["text"] for r in map(json.loads, results.read_text().splitlines())}
+
+
+@pytest.mark.prefect_server
+def test_a_corpus_over_two_machines_completes_exactly_once_when_one_dies_mid_chunk(tmp_path, model_cache):
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.corpus_flow import corpus_run
+    from flows.ocr_flow import ocr_run
+    from tasks.deploy import deploy
+    from tests.pages import draw_page
+    from tests.prefect_server import ROOT, api_call, prefect_server
+
+    shared = tmp_path / "nfs"  # what every machine sees at the same path
+    for number in range(12):
+        lines = [f"Corpus page {number}", f"Ledger {number * 7} entries", "Harbor freight dock", "Friday batch"]
+        draw_page(shared / "scans" / f"page-{number:02d}.png", lines, size=(1000, 620))
+    config = CorpusConfig.model_validate({
+        "job": {"inputs": [f"file://{shared}/scans"], "output_dir": f"file://{shared}/corpus"},
+        "chunks": 4, "chunk_stall_s": 20, "poll_s": 1})
+    home = tmp_path / "prefect"
+    with contextlib.ExitStack() as stack:
+        api_url = stack.enter_context(prefect_server(home / "server"))
+        deploy(ROOT, api_url=api_url)
+        doomed = stack.enter_context(machine(api_url, home / "a", "machine-a", "cpu:1"))
+        stack.enter_context(machine(api_url, home / "b", "machine-b", "cpu:2"))
+        killer = MachineKiller(doomed)
+        killer.thread.start()
+        stack.callback(killer.stop.set)
+        with temporary_settings({PREFECT_API_URL: api_url}):
+            state = corpus_run(config, return_state=True)
+            summary = state.result(raise_on_failure=False)
+            assert state.is_completed(), summary
+            assert killer.killed, "machine-a was never caught mid-chunk"
+            single = ocr_run(JobConfig(inputs=(str(shared / "scans"),), output_dir=tmp_path / "single",
+                                       devices="cpu:2"))
+            # This process's logs and events reach the server before it stops, not at interpreter exit.
+            APILogWorker.drain_all(timeout=10)
+            EventsWorker.drain_all(timeout=10)
+        corpus_flow_run = str(state.state_details.flow_run_id)
+        children = {chunk.chunk: [api_call(api_url, f"flow_runs/{run_id}") for run_id in chunk.flow_run_ids]
+                    for chunk in summary.chunks}
+        parents = {api_call(api_url, f"task_runs/{run['parent_task_run_id']}")["flow_run_id"]
+                   for runs in children.values() for run in runs}
+
+    out = shared / "corpus"
+    assert summary.valid and summary.pages_planned == summary.pages_ok == single.pages_ok == 12
+    assert texts(out / "results.jsonl") == texts(tmp_path / "single" / "results.jsonl")  # exactly once, same text
+    assert parents == {corpus_flow_run}  # every chunk attempt is a subflow of the corpus run
+    killed_dir, written = killer.killed
+    [killed] = [chunk for chunk in summary.chunks if Path(chunk.output_dir) == killed_dir]
+    assert killed.attempts == 2 and killed.workers == ["machine-a", "machine-b"], killed
+    first, second = children[killed.chunk]
+    assert first["state_type"] == "CRASHED" and "presumed dead" in first["state"]["message"]
+    assert second["state_type"] == "COMPLETED"
+    resumed = json.loads((killed_dir / "summary.json").read_text())
+    assert resumed["pages_skipped"] >= written  # the dead machine's records were kept, not redone
+    assert {worker for chunk in summary.chunks for worker in chunk.workers} == {"machine-a", "machine-b"}
+    assert all(chunk.attempts == 1 for chunk in summary.chunks if chunk is not killed)
