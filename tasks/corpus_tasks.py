@@ -1,0 +1,101 @@
+"""Thin Prefect tasks for a corpus run: plan the chunks, run one chunk as a child flow run, reduce."""
+
+import time
+from pathlib import Path
+from uuid import UUID
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.deployments import run_deployment
+from prefect.states import Crashed
+
+from tasks.corpus import (ChunkPlan, ChunkRun, CorpusConfig, CorpusPlan, CorpusSummary, StallWatch, chunk_job,
+                          plan_corpus, reduce_corpus, write_corpus_plan)
+from tasks.lock import RunDirBusy, check_run_dir
+
+_ENDED = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
+
+
+@task(name="plan-chunks", cache_policy=NO_CACHE)
+def plan_chunks(config: CorpusConfig) -> CorpusPlan:
+    """Split the corpus into cost-balanced chunks and write each chunk's manifest and `corpus.json`."""
+    plan, members = plan_corpus(config)
+    write_corpus_plan(plan, members)
+    get_run_logger().info("%d pages in %d chunks under %s", plan.pages_total, len(plan.chunks),
+                          Path(plan.job.output_dir) / "chunks")
+    return plan
+
+
+@task(name="run-chunk", cache_policy=NO_CACHE)
+def run_chunk(config: CorpusConfig, spec: ChunkPlan) -> ChunkRun:
+    """Run chunk `spec` as a child flow run of `config.deployment` until one attempt completes.
+
+    A failed, crashed or stalled attempt is started again (on whichever machine is free); the chunk's
+    run dir keeps its records, so the new attempt resumes. Never raises for the chunk: a chunk that
+    gave up says why in its `ChunkRun`, and the corpus reduce names it.
+    """
+    logger = get_run_logger()
+    run = ChunkRun(chunk=spec.chunk)
+    parameters = {"config": chunk_job(config, spec)}
+    with get_client(sync_client=True) as client:
+        for attempt in range(1, config.chunk_attempts + 1):
+            wait_until_free(Path(spec.output_dir), config.chunk_stall_s, config.poll_s, logger)
+            child = run_deployment(config.deployment, parameters=parameters, timeout=0, as_subflow=True,
+                                   flow_run_name=f"chunk-{spec.chunk:05d}-try{attempt}")
+            run.flow_run_ids.append(str(child.id))
+            logger.info("chunk %d: attempt %d of %d is flow run %s", spec.chunk, attempt, config.chunk_attempts,
+                        child.id)
+            state, why = _follow(client, child.id, spec, config)
+            ended = client.read_flow_run(child.id)
+            run.workers.append((ended.labels or {}).get("prefect.worker.name") or "?")
+            run.state = state
+            if state == "COMPLETED":
+                run.error = None
+                return run
+            run.error = f"gave up after {attempt} attempt(s); the last ended {state}: {why}"
+            logger.warning("chunk %d: attempt %d ended %s: %s", spec.chunk, attempt, state, why)
+    return run
+
+
+def _follow(client: SyncPrefectClient, flow_run_id: UUID, spec: ChunkPlan, config: CorpusConfig) -> tuple[str, str]:
+    """Poll the child until it ends or stalls; a stalled one is marked Crashed. Its final state and why."""
+    watch = StallWatch(Path(spec.output_dir), config.chunk_stall_s)
+    while True:
+        flow_run = client.read_flow_run(flow_run_id)
+        state = flow_run.state_type.value if flow_run.state_type else "SCHEDULED"
+        if state in _ENDED:
+            return state, (flow_run.state.message if flow_run.state else None) or "no message"
+        if watch.stalled(state):
+            why = (f"{state} with no new bytes in {spec.output_dir} for {watch.quiet_s():.0f}s: "
+                   "its machine is presumed dead")
+            # force: a dead run cannot take part in orchestration; Prefect would keep it RUNNING forever.
+            client.set_flow_run_state(flow_run_id, Crashed(message=why), force=True)
+            return "CRASHED", why
+        time.sleep(config.poll_s)
+
+
+def wait_until_free(run_dir: Path, timeout_s: float, poll_s: float, logger) -> None:
+    """Wait while a dead machine's lock on the chunk's run dir lingers (an NFS lease outlives its holder).
+
+    After `timeout_s` the attempt starts anyway: a live holder then refuses it, which counts as a failed attempt.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            check_run_dir(run_dir)
+            return
+        except RunDirBusy as busy:
+            if time.monotonic() > deadline:
+                logger.warning("%s; starting the chunk anyway", busy)
+                return
+            logger.info("%s; waiting for the lock to be released", busy)
+        time.sleep(poll_s)
+
+
+@task(name="reduce-chunks", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def reduce_chunks(plan: CorpusPlan, runs: dict[int, ChunkRun], wall_s: float) -> CorpusSummary:
+    """Reconcile every chunk's records with the corpus plan; write results, failures and summary."""
+    summary = reduce_corpus(plan, runs, wall_s)
+    get_run_logger().info("%s; results in %s", summary.verdict(), Path(plan.job.output_dir) / "results.jsonl")
+    return summary

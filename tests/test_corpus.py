@@ -1,0 +1,278 @@
+"""Corpus runs: chunk planning and the corpus reduce (plain, fast), and one real multi-worker run on a server."""
+
+import contextlib
+import json
+from pathlib import Path
+
+import pytest
+
+from tasks.config import JobConfig
+from tasks.corpus import (ChunkRun, CorpusConfig, StallWatch, chunk_job, manifest_rows, page_ranges,
+                          plan_corpus, read_corpus_plan, reduce_corpus, write_corpus_plan)
+from tasks.inputs import collect_pages
+from tasks.records import PageRecord
+
+
+def corpus_inputs(folder: Path) -> Path:
+    """A manifest naming 3 PDFs and 6 images with costs (never opened: costs are given), 28 pages in all."""
+    rows = []
+    for name, pages, cost in (("a.pdf", "1-12", 100.0), ("b.pdf", "1-6", 300.0), ("c.pdf", "2-4,9", 50.0)):
+        (folder / name).write_bytes(b"%PDF-1.4 stand-in: never opened")
+        rows.append({"path": name, "pages": pages, "cost": cost})
+    for number in range(6):
+        (folder / f"img{number}.png").write_bytes(b"stand-in")
+        rows.append({"path": f"img{number}.png", "cost": 40.0 + number})
+    manifest = folder / "corpus.jsonl"
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return manifest
+
+
+def config_for(inputs: Path, output: Path, **extra) -> CorpusConfig:
+    return CorpusConfig.model_validate({"job": {"inputs": [str(inputs)], "output_dir": str(output)}, **extra})
+
+
+def test_every_page_lands_in_exactly_one_chunk_and_chunks_are_balanced_by_cost(tmp_path):
+    config = config_for(corpus_inputs(tmp_path), tmp_path / "out", chunks=4)
+    plan, members = plan_corpus(config)
+    keys = [page.key for group in members for page in group]
+    every = [page.key for page in collect_pages([str(tmp_path / "corpus.jsonl")])]
+    assert plan.pages_total == len(every) == 28
+    assert sorted(keys) == sorted(every) and len(set(keys)) == len(keys)
+    costs = [spec.cost for spec in plan.chunks]
+    assert len(costs) == 4 and max(costs) - min(costs) <= 300.0  # within the costliest page
+    assert [spec.pages for spec in plan.chunks] == [len(group) for group in members]
+
+
+def test_a_chunk_manifest_names_exactly_its_pages_with_consecutive_pages_as_ranges(tmp_path):
+    config = config_for(corpus_inputs(tmp_path), tmp_path / "out", chunks=3)
+    plan, members = plan_corpus(config)
+    write_corpus_plan(plan, members)
+    for spec, group in zip(plan.chunks, members):
+        rows = [json.loads(line) for line in Path(spec.manifest).read_text().splitlines()]
+        assert len({row["path"] for row in rows}) == len(rows)  # one row per document (and cost)
+        # What the chunk's own run reads back from it: the same pages, with the same costs.
+        again = collect_pages([spec.manifest])
+        assert [(p.source, p.page, p.cost) for p in again] == [(p.source, p.page, p.cost) for p in group]
+    assert page_ranges([0, 1, 2, 7, 9, 10]) == "1-3,8,10-11"
+    whole = collect_pages([str(tmp_path / "corpus.jsonl")])
+    rows = {Path(row["path"]).name: row["pages"] for row in manifest_rows(whole)}
+    assert rows["a.pdf"] == "1-12" and rows["c.pdf"] == "2-4,9" and rows["img0.png"] == "1"
+    assert read_corpus_plan(tmp_path / "out") == plan
+
+
+def test_the_same_inputs_give_the_same_chunks_byte_for_byte(tmp_path):
+    inputs = corpus_inputs(tmp_path)
+    snapshots = []
+    for output in (tmp_path / "one", tmp_path / "one", tmp_path / "two"):
+        write_corpus_plan(*plan_corpus(config_for(inputs, output, chunks=5)))
+        snapshots.append({path.relative_to(output): path.read_bytes() for path in sorted(output.rglob("*.jsonl"))})
+    assert len(snapshots[0]) == 5 and snapshots[0] == snapshots[1] == snapshots[2]
+    assert (tmp_path / "one" / "corpus.json").read_text().replace("one", "two") == \
+        (tmp_path / "two" / "corpus.json").read_text()
+
+
+def test_file_urls_become_paths_and_object_store_urls_are_refused_saying_what_to_do(tmp_path):
+    config = CorpusConfig.model_validate(
+        {"job": {"inputs": [f"file://{tmp_path}/scans"], "output_dir": f"file://{tmp_path}/out"}})
+    assert config.job.inputs == (f"{tmp_path}/scans",) and config.job.output_dir == tmp_path / "out"
+    with pytest.raises(ValueError, match="mount the bucket .*s3fs.*docs/scale-out.md"):
+        CorpusConfig.model_validate({"job": {"inputs": ["s3://bucket/scans"], "output_dir": str(tmp_path)}})
+    with pytest.raises(ValueError, match="(?s)deploymnet.*Extra inputs are not permitted"):
+        CorpusConfig.model_validate({"job": {"inputs": ["x"], "output_dir": "y"}, "deploymnet": "z"})
+
+
+def test_a_chunk_runs_the_job_on_its_manifest_and_never_fails_for_page_failures(tmp_path):
+    config = config_for(corpus_inputs(tmp_path), tmp_path / "out", chunks=2)
+    plan, _ = plan_corpus(config)
+    job = JobConfig.model_validate(chunk_job(config, plan.chunks[1]))
+    assert job.inputs == (plan.chunks[1].manifest,) and job.output_dir == tmp_path / "out" / "chunks" / "00001"
+    assert job.max_failure_rate == 1.0 and job.outputs == () and job.devices == "auto"
+
+
+def write_chunk_results(spec, keys, status="ok") -> None:
+    records = [PageRecord(source=source, page=page, status=status, text=f"{Path(source).name} {page}", shard=0,
+                          device="cpu") for source, page in keys]
+    out = Path(spec.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.jsonl").write_text("".join(record.model_dump_json() + "\n" for record in records))
+
+
+def test_the_corpus_reduce_names_missing_duplicate_and_unplanned_records(tmp_path):
+    config = config_for(corpus_inputs(tmp_path), tmp_path / "out", chunks=3)
+    plan, members = plan_corpus(config)
+    write_corpus_plan(plan, members)
+    keys = [[page.key for page in group] for group in members]
+    write_chunk_results(plan.chunks[0], keys[0] + [keys[0][0]])  # one page twice
+    write_chunk_results(plan.chunks[1], keys[1][1:])  # one page missing
+    write_chunk_results(plan.chunks[2], keys[2] + [keys[0][1]])  # another chunk's page
+    runs = {n: ChunkRun(chunk=n, flow_run_ids=["f"], workers=["w"], state="COMPLETED") for n in range(3)}
+    summary = reduce_corpus(plan, runs)
+    written = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert written["problems"] == summary.problems and not summary.valid
+    source, page = keys[1][0]
+    assert summary.problems == [
+        f"chunk 0: duplicate record {keys[0][0][0]} page {keys[0][0][1]}",
+        f"chunk 1: {len(keys[1])} pages planned, {len(keys[1]) - 1} records (missing {source} page {page})",
+        f"chunk 2: unplanned record {keys[0][1][0]} page {keys[0][1][1]}",
+        "28 pages in the corpus, 27 with a record",
+    ]
+
+
+def test_a_complete_corpus_is_valid_and_its_results_are_every_chunk_in_page_order(tmp_path):
+    config = config_for(corpus_inputs(tmp_path), tmp_path / "out", chunks=3)
+    plan, members = plan_corpus(config)
+    write_corpus_plan(plan, members)
+    for spec, group in zip(plan.chunks, members):
+        write_chunk_results(spec, [page.key for page in group], status="failed" if spec.chunk == 2 else "ok")
+    runs = {0: ChunkRun(chunk=0, flow_run_ids=["a", "b"], workers=["m1", "m2"], state="COMPLETED"),
+            1: ChunkRun(chunk=1, flow_run_ids=["c"], workers=["m2"], state="COMPLETED"),
+            2: ChunkRun(chunk=2, flow_run_ids=["d", "e", "f"], workers=["m1"] * 3, state="FAILED",
+                        error="gave up after 3 attempt(s); the last ended FAILED: boom")}
+    summary = reduce_corpus(plan, runs)
+    assert summary.problems == ["chunk 2: gave up after 3 attempt(s); the last ended FAILED: boom"]
+    assert [chunk.attempts for chunk in summary.chunks] == [2, 1, 3]
+    results = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert [(r["source"], r["page"]) for r in results] == sorted(page.key for group in members for page in group)
+    failures = (tmp_path / "out" / "failures.jsonl").read_text().splitlines()
+    assert len(failures) == summary.pages_failed == len(members[2]) and summary.pages_ok == 28 - len(members[2])
+    assert (tmp_path / "out" / "results.parquet").exists()
+
+
+def test_a_chunk_is_presumed_dead_only_after_its_dir_is_silent_while_it_runs(tmp_path):
+    now = [0.0]
+    watch = StallWatch(tmp_path, stall_s=10, clock=lambda: now[0])
+    assert not watch.stalled("SCHEDULED")
+    now[0] = 100
+    assert not watch.stalled("SCHEDULED")  # waiting for a machine is not a stall
+    assert not watch.stalled("RUNNING")
+    now[0] = 108
+    (tmp_path / "records.jsonl").write_text("one page\n")
+    assert not watch.stalled("RUNNING")
+    now[0] = 117
+    assert not watch.stalled("RUNNING")
+    now[0] = 119
+    assert watch.stalled("RUNNING") and watch.quiet_s() == 11
+
+
+class MachineKiller:
+    """Watches one machine's process tree and kills all of it at once, as a power cut would, mid-chunk.
+
+    "Mid-chunk": one of its OCR workers has written at least one record of its shard and is not done.
+    """
+
+    def __init__(self, machine) -> None:
+        import threading
+
+        self.machine, self.stop = machine, threading.Event()
+        self.killed: tuple[Path, int] | None = None  # the chunk's run dir, records written before the kill
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        import psutil
+
+        while not self.stop.wait(0.05):
+            try:
+                family = [psutil.Process(self.machine.pid), *psutil.Process(self.machine.pid).children(recursive=True)]
+            except psutil.NoSuchProcess:
+                return
+            for process in family:
+                try:
+                    command = process.cmdline()
+                except psutil.Error:
+                    continue
+                if "tasks.worker" not in command:
+                    continue
+                run_dir, shard = Path(command[command.index("--run-dir") + 1]), int(command[command.index("--shard") + 1])
+                records = run_dir / "records" / f"{shard:05d}.jsonl"
+                written = len(records.read_text().splitlines()) if records.exists() else 0
+                if written and not (run_dir / "done" / f"{shard:05d}").exists():
+                    for member in family:
+                        with contextlib.suppress(psutil.Error):
+                            member.kill()
+                    self.killed = (run_dir, written)
+                    return
+
+
+@contextlib.contextmanager
+def machine(api_url: str, home: Path, name: str, devices: str):
+    """A process worker standing in for one GPU machine: its own name, `OCRFLEET_DEVICES`, and limit 1."""
+    import subprocess
+
+    from tests.prefect_server import PREFECT, ROOT, quiet_env, stop_tree
+
+    home.mkdir(parents=True, exist_ok=True)
+    env = quiet_env(home, PREFECT_API_URL=api_url, OCRFLEET_DEVICES=devices, PREFECT_WORKER_QUERY_SECONDS="1")
+    with open(home / "worker.log", "wb") as log:
+        process = subprocess.Popen([*PREFECT, "worker", "start", "--pool", "ocrfleet", "--name", name, "--limit", "1"],
+                                   cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        yield process
+    finally:
+        stop_tree(process)
+
+
+def texts(results: Path) -> dict[tuple[str, int], str]:
+    return {(r["source"], r["page"]): r["text"] for r in map(json.loads, results.read_text().splitlines())}
+
+
+@pytest.mark.prefect_server
+def test_a_corpus_over_two_machines_completes_exactly_once_when_one_dies_mid_chunk(tmp_path, model_cache):
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.corpus_flow import corpus_run
+    from flows.ocr_flow import ocr_run
+    from tasks.deploy import deploy
+    from tests.pages import draw_page
+    from tests.prefect_server import ROOT, api_call, prefect_cli, prefect_server
+
+    shared = tmp_path / "nfs"  # what every machine sees at the same path
+    for number in range(12):
+        lines = [f"Corpus page {number}", f"Ledger {number * 7} entries", "Harbor freight dock", "Friday batch"]
+        draw_page(shared / "scans" / f"page-{number:02d}.png", lines, size=(1000, 620))
+    config = CorpusConfig.model_validate({
+        "job": {"inputs": [f"file://{shared}/scans"], "output_dir": f"file://{shared}/corpus"},
+        "chunks": 4, "chunk_stall_s": 20, "poll_s": 1})
+    home = tmp_path / "prefect"
+    with contextlib.ExitStack() as stack:
+        api_url = stack.enter_context(prefect_server(home / "server"))
+        with contextlib.suppress(RuntimeError):  # until `ocrfleet deploy` creates the corpus deployment's pool
+            prefect_cli(api_url, home, "work-pool", "create", "ocrfleet-control", "--type", "process")
+        deploy(ROOT, api_url=api_url)
+        doomed = stack.enter_context(machine(api_url, home / "a", "machine-a", "cpu:1"))
+        stack.enter_context(machine(api_url, home / "b", "machine-b", "cpu:2"))
+        killer = MachineKiller(doomed)
+        killer.thread.start()
+        stack.callback(killer.stop.set)
+        with temporary_settings({PREFECT_API_URL: api_url}):
+            state = corpus_run(config, return_state=True)
+            summary = state.result(raise_on_failure=False)
+            assert state.is_completed(), summary
+            assert killer.killed, "machine-a was never caught mid-chunk"
+            single = ocr_run(JobConfig(inputs=(str(shared / "scans"),), output_dir=tmp_path / "single",
+                                       devices="cpu:2"))
+            # This process's logs and events reach the server before it stops, not at interpreter exit.
+            APILogWorker.drain_all(timeout=10)
+            EventsWorker.drain_all(timeout=10)
+        corpus_flow_run = str(state.state_details.flow_run_id)
+        children = {chunk.chunk: [api_call(api_url, f"flow_runs/{run_id}") for run_id in chunk.flow_run_ids]
+                    for chunk in summary.chunks}
+        parents = {api_call(api_url, f"task_runs/{run['parent_task_run_id']}")["flow_run_id"]
+                   for runs in children.values() for run in runs}
+
+    out = shared / "corpus"
+    assert summary.valid and summary.pages_planned == summary.pages_ok == single.pages_ok == 12
+    assert texts(out / "results.jsonl") == texts(tmp_path / "single" / "results.jsonl")  # exactly once, same text
+    assert parents == {corpus_flow_run}  # every chunk attempt is a subflow of the corpus run
+    killed_dir, written = killer.killed
+    [killed] = [chunk for chunk in summary.chunks if Path(chunk.output_dir) == killed_dir]
+    assert killed.attempts == 2 and killed.workers == ["machine-a", "machine-b"], killed
+    first, second = children[killed.chunk]
+    assert first["state_type"] == "CRASHED" and "presumed dead" in first["state"]["message"]
+    assert second["state_type"] == "COMPLETED"
+    resumed = json.loads((killed_dir / "summary.json").read_text())
+    assert resumed["pages_skipped"] >= written  # the dead machine's records were kept, not redone
+    assert {worker for chunk in summary.chunks for worker in chunk.workers} == {"machine-a", "machine-b"}
+    assert all(chunk.attempts == 1 for chunk in summary.chunks if chunk is not killed)
