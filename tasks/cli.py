@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import yaml
+from pydantic import ValidationError
 
 from tasks.config import ConfigError, JobConfig, load_config
 from tasks.deploy import DeployError
@@ -164,13 +165,40 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_corpus(args: argparse.Namespace) -> int:
+    """A corpus split into chunks, each an `adhoc` run on whichever machine's worker is free (docs/scale-out.md)."""
+    from tasks.corpus import CorpusConfig
+    from tasks.deploy import check_reachable, configured_api_url
+
+    api_url = args.api_url or configured_api_url()  # chunks run on the fleet's workers: never an ephemeral API
+    check_reachable(api_url)
+    os.environ["PREFECT_API_URL"] = api_url
+    settings = {"job": _config(args), "deployment": args.deployment, "chunks": args.chunks,
+                "chunk_stall_s": args.chunk_stall_s, "chunk_attempts": args.chunk_attempts}
+    try:
+        config = CorpusConfig.model_validate({k: v for k, v in settings.items() if v is not None})
+    except ValidationError as exc:
+        raise ConfigError(f"invalid corpus settings: {exc}") from None
+    check_run_dir(Path(config.job.output_dir))
+    from flows.corpus_flow import corpus_run
+
+    state = corpus_run(config=config, return_state=True)
+    out = Path(config.job.output_dir)
+    print(f"\nresults: {out / 'results.jsonl'}\nsummary: {out / 'summary.json'}")
+    if state.is_completed():
+        print(f"ocrfleet: {state.result().verdict()}")
+        return 0
+    print(f"ocrfleet: corpus run failed: {state.message}", file=sys.stderr)
+    return 1
+
+
 def cmd_deploy(args: argparse.Namespace) -> int:
     from tasks.deploy import deploy
 
     root = Path(__file__).resolve().parents[1]  # a checkout (or editable install): deployments/ lives there
-    deploy(root, api_url=args.api_url, pool=args.pool)
-    print(f"ocrfleet: work pool {args.pool!r} and the deployments of {root / 'deployments' / 'prefect.yaml'} are "
-          f"in place; start a worker on each GPU machine: prefect worker start --pool {args.pool} --limit 1")
+    pools = deploy(root, api_url=args.api_url)
+    print(f"ocrfleet: work pools {', '.join(pools)} and the deployments of {root / 'deployments' / 'prefect.yaml'} "
+          f"are in place; start a worker on each GPU machine: prefect worker start --pool {pools[0]} --limit 1")
     return 0
 
 
@@ -199,12 +227,21 @@ def main(argv: list[str] | None = None) -> int:
     devices.add_argument("--devices", default="auto")
     devices.add_argument("--json", action="store_true")
     devices.set_defaults(handler=cmd_devices)
+    corpus = commands.add_parser(
+        "corpus", help="split a corpus into chunks that every GPU machine's Prefect worker takes in turn "
+        "(needs a Prefect server and workers; see docs/scale-out.md)")
+    _job_arguments(corpus)
+    corpus.add_argument("--chunks", type=int, help="how many chunks (default 16: ~4 per machine)")
+    corpus.add_argument("--chunk-stall-s", type=float, help="a chunk silent this long is presumed dead (900)")
+    corpus.add_argument("--chunk-attempts", type=int, help="attempts per chunk (3)")
+    corpus.add_argument("--deployment", help="the single-box deployment each chunk runs as (ocrfleet/adhoc)")
+    corpus.add_argument("--api-url", help="Prefect API (default: PREFECT_API_URL or the active profile)")
+    corpus.set_defaults(handler=cmd_corpus)
     deploy = commands.add_parser("deploy", help="create the Prefect work pool and the nightly/adhoc deployments")
     deploy.add_argument("--api-url", help="Prefect API (default: PREFECT_API_URL or the active profile)")
-    deploy.add_argument("--pool", default="ocrfleet", help="process work pool name")
     deploy.set_defaults(handler=cmd_deploy)
     args = parser.parse_args(argv)
-    if args.command in ("run", "reprocess"):
+    if args.command in ("run", "reprocess", "corpus"):
         # No internet is a normal place to run batch OCR: don't let Prefect's telemetry complain.
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     else:  # `run` leaves logging to Prefect, which prints flow and task logs

@@ -14,6 +14,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import yaml
+
 log = logging.getLogger(__name__)
 
 PREFECT_FILE = Path("deployments") / "prefect.yaml"
@@ -24,19 +26,31 @@ class DeployError(RuntimeError):
     """Deploying cannot go on; the message says what to do."""
 
 
-def deploy(repo_root: Path, *, api_url: str | None = None, pool: str = "ocrfleet") -> None:
-    """Create the process work pool `pool` if missing, then (re)create every deployment, without prompts."""
+def deploy(repo_root: Path, *, api_url: str | None = None) -> list[str]:
+    """Create the process work pools the deployments name if missing, then (re)create every deployment.
+
+    Returns the pools. The pools come from `deployments/prefect.yaml` only: `prefect deploy --all` ignores
+    `--pool` when it deploys several deployments.
+    """
     repo_root = Path(repo_root).resolve()
     api_url = (api_url or configured_api_url()).rstrip("/")
     check_reachable(api_url)
     env = _cli_env(api_url)
-    if not _pool_exists(pool, env, repo_root):
-        _prefect(["work-pool", "create", pool, "--type", "process"], env, repo_root)
-        log.info("created process work pool %s", pool)
-    # --pool overrides each deployment's work_pool.name, so the file's pool and `pool` cannot disagree.
-    _prefect(["--no-prompt", "deploy", "--all", "--prefect-file", str(PREFECT_FILE), "--pool", pool],
-             env, repo_root)
-    log.info("deployed %s to %s (pool %s)", PREFECT_FILE, api_url, pool)
+    pools = pools_named(repo_root / PREFECT_FILE)
+    for pool in pools:
+        if not _pool_exists(pool, env, repo_root):
+            _prefect(["work-pool", "create", pool, "--type", "process"], env, repo_root)
+            log.info("created process work pool %s", pool)
+    _prefect(["--no-prompt", "deploy", "--all", "--prefect-file", str(PREFECT_FILE)], env, repo_root)
+    log.info("deployed %s to %s (pools %s)", PREFECT_FILE, api_url, ", ".join(pools))
+    return pools
+
+
+def pools_named(prefect_file: Path) -> list[str]:
+    """The work pools the deployments of a prefect.yaml run on, in order of first use."""
+    data = yaml.safe_load(prefect_file.read_text(encoding="utf-8"))
+    names = [deployment["work_pool"]["name"] for deployment in data.get("deployments", [])]
+    return list(dict.fromkeys(names))
 
 
 def configured_api_url() -> str:

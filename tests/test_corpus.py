@@ -226,7 +226,7 @@ def test_a_corpus_over_two_machines_completes_exactly_once_when_one_dies_mid_chu
     from flows.ocr_flow import ocr_run
     from tasks.deploy import deploy
     from tests.pages import draw_page
-    from tests.prefect_server import ROOT, api_call, prefect_cli, prefect_server
+    from tests.prefect_server import ROOT, api_call, prefect_server
 
     shared = tmp_path / "nfs"  # what every machine sees at the same path
     for number in range(12):
@@ -238,9 +238,7 @@ def test_a_corpus_over_two_machines_completes_exactly_once_when_one_dies_mid_chu
     home = tmp_path / "prefect"
     with contextlib.ExitStack() as stack:
         api_url = stack.enter_context(prefect_server(home / "server"))
-        with contextlib.suppress(RuntimeError):  # until `ocrfleet deploy` creates the corpus deployment's pool
-            prefect_cli(api_url, home, "work-pool", "create", "ocrfleet-control", "--type", "process")
-        deploy(ROOT, api_url=api_url)
+        assert deploy(ROOT, api_url=api_url) == ["ocrfleet", "ocrfleet-control"]
         doomed = stack.enter_context(machine(api_url, home / "a", "machine-a", "cpu:1"))
         stack.enter_context(machine(api_url, home / "b", "machine-b", "cpu:2"))
         killer = MachineKiller(doomed)

@@ -67,14 +67,16 @@ def test_deploy_creates_the_pool_and_both_deployments_and_is_idempotent(deployed
     pool = api_call(deployed, "work_pools/ocrfleet")
     assert pool["type"] == "process"
     found = deployments(deployed)
-    assert set(found) == {"nightly", "adhoc"}
-    for deployment in found.values():
-        assert deployment["entrypoint"] == "flows/ocr_flow.py:ocr_run"
-        assert deployment["work_pool_name"] == "ocrfleet"
+    assert set(found) == {"nightly", "adhoc", "corpus"}
+    for name, deployment in found.items():
+        ocr = name != "corpus"
+        assert deployment["entrypoint"] == ("flows/ocr_flow.py:ocr_run" if ocr else "flows/corpus_flow.py:corpus_run")
+        assert deployment["work_pool_name"] == ("ocrfleet" if ocr else "ocrfleet-control")
         # A worker started anywhere runs the flow from this checkout.
         assert deployment["pull_steps"] == [
             {"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}]
         assert set(deployment["parameter_openapi_schema"]["properties"]) == {"config"}
+    assert api_call(deployed, "work_pools/ocrfleet-control")["type"] == "process"
     [schedule] = found["nightly"]["schedules"]
     assert schedule["active"] and schedule["schedule"]["cron"] == "0 2 * * *"
     assert schedule["schedule"]["timezone"] == "UTC"
