@@ -21,6 +21,7 @@ import itertools
 import json
 import os
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -30,6 +31,7 @@ from tasks.inputs import collect_pages
 from tasks.outputs import write_outputs
 from tasks.planning import split_balanced
 from tasks.records import PageRecord, PageRef, ShardReport, complete_lines, write_atomic
+from tasks.summary import Totals
 
 CORPUS_PLAN = "corpus.json"
 _OBJECT_STORES = ("s3", "gs", "gcs", "az", "abfs", "abfss", "http", "https")
@@ -256,32 +258,16 @@ class ChunkSummary(BaseModel):
     warnings: list[str]
 
 
-class CorpusSummary(BaseModel):
+class CorpusSummary(Totals):
     """The corpus `summary.json`: totals over every chunk, and the problems that make the corpus run invalid."""
 
     output_dir: str
-    pages_planned: int
-    pages_ok: int
-    pages_failed: int
-    failure_rate: float
-    max_failure_rate: float
-    failures_by_class: dict[str, int]
-    wall_s: float | None = None
     chunks: list[ChunkSummary]
-    warnings: list[str]
-    problems: list[str]
 
-    @property
-    def valid(self) -> bool:
-        return not self.problems and self.failure_rate <= self.max_failure_rate
+    _kind: ClassVar[str] = "corpus run"
 
-    def verdict(self) -> str:
-        if self.problems:
-            return f"invalid corpus run: {len(self.problems)} problem(s): " + "; ".join(self.problems[:5])
-        if self.failure_rate > self.max_failure_rate:
-            return (f"{self.pages_failed} of {self.pages_planned} pages failed ({self.failure_rate:.1%}), above "
-                    f"max_failure_rate={self.max_failure_rate:.1%}; see failures.jsonl")
-        return f"{self.pages_ok} pages ok, {self.pages_failed} failed in {len(self.chunks)} chunks, no problems"
+    def _counted_in(self) -> str:
+        return f" in {len(self.chunks)} chunks"
 
 
 def reduce_corpus(plan: CorpusPlan, runs: dict[int, ChunkRun], wall_s: float | None = None) -> CorpusSummary:

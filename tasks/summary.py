@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+from typing import ClassVar
 from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
@@ -26,20 +27,16 @@ class ShardSummary(BaseModel):
     report: ShardReport | None = None
 
 
-class RunSummary(BaseModel):
-    """`summary.json`: counts, per-shard figures, warnings and the problems that make a run invalid."""
+class Totals(BaseModel):
+    """Page counts, warnings and problems: what decides whether a run (or a corpus of runs) is valid."""
 
-    run_dir: str
-    derived_from: str | None = None  # reprocessing: the earlier run this one redid pages of
     pages_planned: int  # every page the inputs name: each is ok, failed or skipped as already done
-    pages_skipped: int  # done by an earlier run with the same file content and settings: not redone
-    pages_ok: int  # counts include skipped pages, by their earlier status
+    pages_ok: int
     pages_failed: int
     failure_rate: float
     max_failure_rate: float
     failures_by_class: dict[str, int]
     wall_s: float | None = None
-    shards: list[ShardSummary]
     warnings: list[str]
     problems: list[str]
 
@@ -49,11 +46,25 @@ class RunSummary(BaseModel):
 
     def verdict(self) -> str:
         if self.problems:
-            return f"invalid run: {len(self.problems)} problem(s): " + "; ".join(self.problems[:5])
+            return f"invalid {self._kind}: {len(self.problems)} problem(s): " + "; ".join(self.problems[:5])
         if self.failure_rate > self.max_failure_rate:
             return (f"{self.pages_failed} of {self.pages_planned} pages failed ({self.failure_rate:.1%}), above "
                     f"max_failure_rate={self.max_failure_rate:.1%}; see failures.jsonl")
-        return f"{self.pages_ok} pages ok, {self.pages_failed} failed, no problems"
+        return f"{self.pages_ok} pages ok, {self.pages_failed} failed{self._counted_in()}, no problems"
+
+    _kind: ClassVar[str] = "run"
+
+    def _counted_in(self) -> str:
+        return ""
+
+
+class RunSummary(Totals):
+    """`summary.json`: counts, per-shard figures, warnings and the problems that make a run invalid."""
+
+    run_dir: str
+    derived_from: str | None = None  # reprocessing: the earlier run this one redid pages of
+    pages_skipped: int  # done by an earlier run with the same file content and settings: not redone
+    shards: list[ShardSummary]
 
 
 # A record as reduce handles it: its identity (parsed) and its JSON line, kept as the worker wrote it.
