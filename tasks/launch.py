@@ -117,6 +117,7 @@ def run_worker(run_dir: Path, spec: ShardPlan, sink: LineSink, timeout_s: float 
     while True:
         attempt = _run_once(run_dir, spec, sink, careful, deadline, plan.config.page_timeout_s)
         if attempt.code == 0:
+            sink(logging.INFO, f"shard {spec.shard}: worker finished")
             return
         if attempt.code == EXIT_RECYCLE:
             sink(logging.INFO, f"shard {spec.shard}: worker recycled for memory; restarting it")
@@ -156,6 +157,8 @@ def _run_once(run_dir: Path, spec: ShardPlan, sink: LineSink, careful: bool, dea
         process = subprocess.Popen(worker_command(run_dir, spec, careful), env=env, stdin=subprocess.PIPE,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
         _running[run_dir].add(process)
+    sink(logging.INFO, f"shard {spec.shard}: worker pid {process.pid} started on {spec.device.name}"
+                       f"{' (careful: one page at a time)' if careful else ''}")
     watch = _Watch()
     tail: collections.deque[str] = collections.deque(maxlen=20)
     reader = threading.Thread(target=_pump, args=(process, log_path, tail, sink, watch), daemon=True)
