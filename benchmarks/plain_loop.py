@@ -42,13 +42,14 @@ def plain_paddleocr(models: ModelDirs, threads: int):
                      device="cpu", **options)
 
 
-def _reader(models: ModelDirs, threads: int, via_ocrfleet_engine: bool) -> Callable[[str], str]:
+def _reader(models: ModelDirs, threads: int, via_ocrfleet_engine: bool, rec_batch: int = 6) -> Callable[[str], str]:
     """A function from a page's path to its text, loaded once."""
     if via_ocrfleet_engine:
-        from tasks.engine import PaddleOcrEngine, load_image
+        from tasks.engine import PaddleOcrEngine
+        from tasks.pages import load_page
 
-        engine = PaddleOcrEngine(models, "cpu", threads)
-        return lambda path: "\n".join(line.text for line in engine(load_image(path)))
+        engine = PaddleOcrEngine(models, "cpu", threads, rec_batch)
+        return lambda path: "\n".join(line.text for line in engine(load_page(path, 0, dpi=150, max_pixels=10**9)))
     pipeline = plain_paddleocr(models, threads)
     return lambda path: "\n".join(pipeline.predict(path)[0]["rec_texts"])
 
@@ -58,10 +59,11 @@ def main() -> int:
     parser.add_argument("--engine", choices=["onnxruntime", "paddle"], required=True)
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--via-ocrfleet-engine", action="store_true", help="use tasks.engine.PaddleOcrEngine")
+    parser.add_argument("--rec-batch", type=int, default=6, help="text_recognition_batch_size (ocrfleet engine)")
     parser.add_argument("pages", nargs="+")
     args = parser.parse_args()
     started = time.monotonic()
-    ocr = _reader(bundled_models(args.engine), args.threads, args.via_ocrfleet_engine)
+    ocr = _reader(bundled_models(args.engine), args.threads, args.via_ocrfleet_engine, args.rec_batch)
     load_s = time.monotonic() - started
     texts, started = [], time.monotonic()
     for path in args.pages:

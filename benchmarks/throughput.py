@@ -15,10 +15,12 @@ from benchmarks.report import Figure, figure, median_ratio
 GROUPS = ("overhead", "scaling", "startup", "busy")
 
 
-def plain_loop(pages: list[Path], engine: str, threads: int, via_ocrfleet_engine: bool = False) -> dict:
+def plain_loop(pages: list[Path], engine: str, threads: int, via_ocrfleet_engine: bool = False,
+               rec_batch: int = 6) -> dict:
     """One run of `benchmarks.plain_loop` in its own process, with the same thread variables as a worker."""
     command = [sys.executable, "-m", "benchmarks.plain_loop", "--engine", engine, "--threads", str(threads),
-               *(["--via-ocrfleet-engine"] if via_ocrfleet_engine else []), *map(str, pages)]
+               "--rec-batch", str(rec_batch), *(["--via-ocrfleet-engine"] if via_ocrfleet_engine else []),
+               *map(str, pages)]
     done = subprocess.run(command, env=bench_env(threads), cwd=ROOT, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 

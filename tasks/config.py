@@ -63,9 +63,9 @@ class JobConfig(BaseModel):
     text_recognition_model_dir: Path | None = Field(
         None, description="Local recognition model dir; unset uses the bundled offline PP-OCRv4 mobile model."
     )
-    text_recognition_batch_size: int = Field(
-        6, ge=1, le=256, description="Text lines recognized per batch (PaddleOCR's default, 6; measured in "
-        "benchmarks/)."
+    text_recognition_batch_size: int | None = Field(
+        None, ge=1, le=256, description="Text lines recognized per batch; null: 1 with onnxruntime on CPU (fastest "
+        "there, measured in benchmarks/), PaddleOCR's 6 with Paddle."
     )
     model_cache_dir: Path | None = Field(
         None, description="Where bundled models are materialized; default $OCRFLEET_CACHE or ~/.cache/ocrfleet."

@@ -24,6 +24,11 @@ _VERSIONED = ("ocrfleet", "paddleocr", "paddlex", "paddlepaddle", "paddlepaddle-
               "rapidocr-paddle", "rapidocr-onnxruntime")
 
 
+# Measured (benchmarks/batch.py): on CPU, onnxruntime is fastest one line at a time (batches pad every
+# line to the widest); on GPUs PaddleOCR's own default stands.
+REC_BATCH: dict[Engine, int] = {"onnxruntime": 1, "paddle": 6}
+
+
 class ShardPlan(BaseModel):
     """One shard: its device, the environment its worker gets, and what it holds."""
 
@@ -43,6 +48,7 @@ class Plan(BaseModel):
     models: ModelDirs
     settings: str  # fingerprint of the models and engine: part of every record's identity
     threads_per_worker: int
+    rec_batch_size: int  # text lines per recognition batch, resolved for the engine
     pages_total: int  # every page the inputs name
     pages_skipped: int  # of those, already done by an earlier run (their records are in carried.jsonl)
     shards: tuple[ShardPlan, ...]
@@ -73,7 +79,8 @@ def make_plan(config: JobConfig, placement: Placement | None = None) -> Planned:
         config.inputs, dpi=config.pdf_dpi, include_globs=config.include_globs, exclude_globs=config.exclude_globs,
         manifest_path_column=config.manifest_path_column)
     models = resolve_models(config, placement.devices)
-    settings = fingerprint(models, f"text_recognition_batch_size={config.text_recognition_batch_size}")
+    rec_batch_size = config.text_recognition_batch_size or REC_BATCH[models.engine]
+    settings = fingerprint(models, f"text_recognition_batch_size={rec_batch_size}")
     pages, reused = split_done(candidates, prior_records(Path(config.output_dir)),
                                lambda page: page_settings(settings, config, page))
     slots = [device for device in placement.devices for _ in range(config.workers_per_device)]
@@ -87,6 +94,7 @@ def make_plan(config: JobConfig, placement: Placement | None = None) -> Planned:
         for shard, (device, members) in enumerate(zip(devices, shard_pages))
     )
     plan = Plan(config=config, models=models, settings=settings, threads_per_worker=threads,
+                rec_batch_size=rec_batch_size,
                 pages_total=len(candidates), pages_skipped=len(reused), shards=shards,
                 warnings=tuple(placement.warnings), versions=_versions())
     return Planned(plan, shard_pages, reused)

@@ -170,7 +170,7 @@ def run_shard(run_dir: Path, shard: int, engine_factory: Callable[..., OcrEngine
              len(pages) - len(todo))
     started = time.monotonic()
     engine = engine_factory(plan.models, _paddle_device(spec), plan.threads_per_worker,
-                            plan.config.text_recognition_batch_size) if todo else None
+                            plan.rec_batch_size) if todo else None
     load_s = time.monotonic() - started
     held, warnings = None, []
     if engine is not None:
