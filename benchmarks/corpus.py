@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
+import json
 import os
 import random
 from pathlib import Path
 
+import pypdfium2 as pdfium
+import pypdfium2.raw as pdfium_raw
 from PIL import Image
 
 from tests.pages import draw_page
@@ -27,6 +31,58 @@ def text_lines(count: int, rng: random.Random) -> list[str]:
             words.append(f"{rng.randint(1, 9999)}.{rng.randint(0, 99):02d}")
         lines.append(" ".join(words).capitalize())
     return lines
+
+
+def ledger_lines(count: int, rng: random.Random) -> list[str]:
+    """Invoice and ledger lines: dates, references, words, quantities and amounts, one space apart."""
+    lines = []
+    for _ in range(count):
+        kind = rng.random()
+        words = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(2, 4))).capitalize()
+        if kind < 0.4:
+            line = (f"{rng.randint(1, 28):02d}/{rng.randint(1, 12):02d}/20{rng.randint(18, 25)} "
+                    f"INV-{rng.randint(10000, 99999)} {words} {rng.randint(1, 9999):,}.{rng.randint(0, 99):02d}")
+        elif kind < 0.7:
+            line = f"{words} {rng.randint(1, 250)} x {rng.randint(1, 999)}.{rng.randint(0, 99):02d} EUR"
+        else:
+            line = text_lines(1, rng)[0]
+        lines.append(line)
+    return lines
+
+
+def vector_pdf(path: Path, font: str, font_pt: int, pages: int, seed: int,
+               lines: int | None = None) -> tuple[Path, list[list[str]]]:
+    """A US-letter PDF of real (vector) text in one of PDFium's standard fonts, and each page's lines.
+
+    `lines` per page, or as many as fit at 1.8x line spacing inside 1-inch margins. The lines are kept
+    beside the PDF (`.json`) as the ground truth.
+    """
+    truth_path = path.with_suffix(".json")
+    if path.exists() and truth_path.exists():
+        return path, json.loads(truth_path.read_text())
+    width, height, margin = 612.0, 792.0, 72.0
+    pitch = font_pt * 1.8
+    per_page = lines or int((height - 2 * margin) // pitch)
+    rng = random.Random(seed)
+    truth = [ledger_lines(per_page, rng) for _ in range(pages)]
+    pdf = pdfium.PdfDocument.new()
+    for page_lines in truth:
+        pdf_page = pdf.new_page(width, height)
+        y = height - margin - font_pt
+        for line in page_lines:
+            text = pdfium_raw.FPDFPageObj_NewTextObj(pdf, font.encode(), float(font_pt))
+            wide = ctypes.c_char_p((line + "\x00").encode("utf-16-le"))
+            pdfium_raw.FPDFText_SetText(text, ctypes.cast(wide, ctypes.POINTER(pdfium_raw.FPDF_WCHAR)))
+            pdfium_raw.FPDFPageObj_Transform(text, 1, 0, 0, 1, margin, y)
+            pdfium_raw.FPDFPage_InsertObject(pdf_page, text)
+            y -= pitch
+        pdfium_raw.FPDFPage_GenerateContent(pdf_page)
+        pdf_page.close()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pdf.save(str(path))
+    pdf.close()
+    truth_path.write_text(json.dumps(truth))
+    return path, truth
 
 
 def page(path: Path, dpi: int, lines: int, seed: int) -> Path:
