@@ -179,3 +179,41 @@ def manifest(count: int) -> Path:
         lines = (str(farm / f"{index // 1000:04d}" / f"page-{index:07d}.png") for index in range(count))
         path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def mixed(long_pages: int, documents: int, document_pages: int, stacks: int, stack_frames: int, scraps: int,
+          singles: int) -> Path:
+    """What a real batch looks like: one long vector-text PDF, shorter scanned PDFs, multi-page TIFF stacks,
+    receipt scraps and single A4 scans at 100 to 300 dpi.
+
+    The long PDF is a hard link to one written under `vector-pdf/` (its ground truth stays there, out of the
+    inputs); everything else is generated in place.
+    """
+    folder = CACHE / f"mixed-{long_pages}l-{documents}x{document_pages}d-{stacks}x{stack_frames}t-{scraps}s-{singles}a4"
+    folder.mkdir(parents=True, exist_ok=True)
+    long_pdf, _ = vector_pdf(CACHE / "vector-pdf" / f"long-Helvetica-10pt-{long_pages}p-12.pdf", "Helvetica", 10,
+                             long_pages, seed=21, lines=12)
+    if not (folder / "long.pdf").exists():
+        os.link(long_pdf, folder / "long.pdf")
+    for doc in range(documents):
+        _scanned_stack(folder / f"document-{doc:02d}.pdf", document_pages, seed=4000 + doc * 100, lines=10)
+    for stack in range(stacks):
+        _scanned_stack(folder / f"stack-{stack:02d}.tif", stack_frames, seed=5000 + stack * 100, lines=6)
+    for index in range(scraps):
+        small_page(folder / f"scrap-{index:03d}.png", seed=6000 + index)
+    for index in range(singles):  # 100, 150, 200 and 300 dpi in turn, denser pages at higher resolutions
+        dpi = (100, 150, 200, 300)[index % 4]
+        page(folder / f"single-{index:03d}-{dpi}dpi.png", dpi, lines=8 + dpi // 20, seed=6500 + index)
+    return folder
+
+
+def _scanned_stack(target: Path, pages: int, seed: int, lines: int) -> Path:
+    """A multi-page file of scan-like 100-dpi pages: a PDF of images, or a TIFF stack, by `target`'s suffix."""
+    if target.exists():
+        return target
+    parts = [page(CACHE / "stack-pages" / f"{lines}l-{seed + number}.png", 100, lines, seed=seed + number)
+             for number in range(pages)]
+    images = [Image.open(path).convert("RGB") for path in parts]
+    options = {"resolution": 100} if target.suffix == ".pdf" else {"compression": "tiff_deflate", "dpi": (100, 100)}
+    images[0].save(target, save_all=True, append_images=images[1:], **options)
+    return target

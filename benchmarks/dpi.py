@@ -39,8 +39,9 @@ def measure(quick: bool, work: Path) -> list[Figure]:
     truth: dict[str, list[list[str]]] = {}
     for font in FONTS:
         for size in SIZES:
-            path, lines_of = corpus.vector_pdf(corpus.CACHE / "vector-pdf" / f"{font}-{size}pt-{pages_per_pdf}p-"
-                                               f"{lines or 'full'}.pdf", font, size, pages_per_pdf, seed=11, lines=lines)
+            name = f"{font}-{size}pt-{pages_per_pdf}p-{lines or 'full'}.pdf"
+            path, lines_of = corpus.vector_pdf(corpus.CACHE / "vector-pdf" / name, font, size, pages_per_pdf,
+                                               seed=11, lines=lines)
             truth[str(path)] = lines_of
     read = read_pages(list(truth), DPIS)
     rows = [score(item, truth[item["pdf"]][item["page"]]) | {"font": _font(item["pdf"]), "pt": _size(item["pdf"])}
@@ -49,7 +50,8 @@ def measure(quick: bool, work: Path) -> list[Figure]:
     table = {dpi: _summary([row for row in rows if row["dpi"] == dpi]) for dpi in DPIS}
     best = recommend(table)
     pages = len(rows) // len(DPIS)
-    detail = (f"{pages} generated US-letter pages of vector text ({', '.join(FONTS)} at {', '.join(map(str, SIZES))} pt; "
+    detail = (f"{pages} generated US-letter pages of vector text ({', '.join(FONTS)} at "
+              f"{', '.join(map(str, SIZES))} pt; "
               f"{'8 lines' if quick else 'full pages'} of invoice and ledger lines), each rendered by "
               f"`tasks.pages.PageReader` and read by `PaddleOcrEngine` (onnxruntime, PP-OCRv4 mobile, 1 thread) at "
               f"every resolution, model load {read['load_s']:.1f} s apart. Rule: the lowest resolution within "
