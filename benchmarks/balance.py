@@ -24,11 +24,12 @@ WORKERS = 2
 
 
 def measure(quick: bool, work: Path) -> list[Figure]:
+    long_pages = 48 if quick else 300
     if quick:
-        folder = corpus.mixed(long_pages=60, documents=3, document_pages=4, stacks=2, stack_frames=3, scraps=10,
+        folder = corpus.mixed(long_pages=long_pages, documents=3, document_pages=4, stacks=2, stack_frames=3, scraps=10,
                               singles=4)
     else:
-        folder = corpus.mixed(long_pages=300, documents=4, document_pages=20, stacks=2, stack_frames=12, scraps=40,
+        folder = corpus.mixed(long_pages=long_pages, documents=4, document_pages=20, stacks=2, stack_frames=12, scraps=40,
                               singles=12)
     out = work / "mixed"
     planned = plan_costs(folder, out)
@@ -42,11 +43,11 @@ def measure(quick: bool, work: Path) -> list[Figure]:
         f"{s['start_s']:.1f} s, finished {s['finish_s']:.1f} s (ocr_s {s['ocr_s']:.1f}, model load "
         f"{s['model_load_s']:.1f} s, {s['pages_per_s']:.2f} pages/s, busy {s['busy_fraction']:.2f}, CPU "
         f"{s['cpu_share']:.2f} of a core)" for s in shards)
-    detail = (f"{run.pages} pages of {folder.name} (one {60 if quick else 300}-page vector-text PDF rendered at the "
+    detail = (f"{run.pages} pages of {folder.name} (one {long_pages}-page vector-text PDF rendered at the "
               f"default dpi, scanned PDFs, TIFF stacks, scraps, A4 scans at 100-300 dpi), `ocrfleet run --devices "
               f"cpu:{WORKERS} --threads-per-worker 1`, one run, {run.watched.wall_s:.0f} s end to end. Times from the "
               f"first shard's first page: {per_shard}. `ocrfleet plan` estimated (max-min)/max shard cost "
-              f"{100 * plan_spread:.1f}% (max/min {max(planned) / min(planned):.3f}); the cost is pixels, so what it "
+              f"{100 * plan_spread:.2f}% (max/min {max(planned) / min(planned):.3f}); the cost is pixels, so what it "
               "cannot see (text per pixel, a page's line count) shows up as the measured spread. CPU is each "
               "worker's CPU seconds over its life: below 1, it waited for a core (a shared machine).")
     return [
