@@ -26,10 +26,9 @@ WORKERS = 2
 def measure(quick: bool, work: Path) -> list[Figure]:
     long_pages = 48 if quick else 300
     if quick:
-        folder = corpus.mixed(long_pages=long_pages, documents=3, document_pages=4, stacks=2, stack_frames=3, scraps=10,
-                              singles=4)
+        folder = corpus.mixed(long_pages, documents=3, document_pages=4, stacks=2, stack_frames=3, scraps=10, singles=4)
     else:
-        folder = corpus.mixed(long_pages=long_pages, documents=4, document_pages=20, stacks=2, stack_frames=12, scraps=40,
+        folder = corpus.mixed(long_pages, documents=4, document_pages=20, stacks=2, stack_frames=12, scraps=40,
                               singles=12)
     out = work / "mixed"
     planned = plan_costs(folder, out)
