@@ -20,6 +20,8 @@ EXPERIMENTS = {
     "scale": ("plan", "reduce", "noop"),
     "memory": ("memory",),
     "engines": ("engines",),
+    "dpi": ("dpi",),
+    "balance": ("balance",),
 }
 ORDER = [group for groups in EXPERIMENTS.values() for group in groups]
 

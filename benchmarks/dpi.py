@@ -1,0 +1,202 @@
+"""Which `pdf_dpi` reads vector PDFs best for its time: OCR accuracy and seconds per page at 72 to 300 dpi.
+
+Generated US-letter PDFs of real (vector) text, invoice and ledger lines in three of PDFium's standard fonts
+at 8, 10 and 12 pt, are rendered the way a worker renders them (`tasks.pages.PageReader`) and read by the
+real engine (`tasks.engine.PaddleOcrEngine`, onnxruntime, the bundled PP-OCRv4 mobile models, 1 thread) in
+a subprocess of its own (`python -m benchmarks.dpi --read PDF... --dpi D...`), every page at every
+resolution, the resolutions in a rotating order so drift on a shared machine hits each alike.
+
+Accuracy against the text the PDF was written with: characters (1 - edit distance / length, spaces
+ignored), words (exact words found in order, by `difflib` alignment, over the words printed) and words
+split as printed (words read / words printed: below 100% when the engine drops the spaces between words).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks import corpus
+from benchmarks.fleet import ROOT, bench_env
+from benchmarks.report import Figure, figure
+from tasks.config import JobConfig
+
+DPIS = (72, 100, 150, 200, 300)
+FONTS = ("Helvetica", "Times-Roman", "Courier")
+SIZES = (8, 10, 12)
+DEFAULT_DPI = JobConfig.model_fields["pdf_dpi"].default
+TOLERANCE = 0.5  # points of character accuracy a cheaper resolution may give up against the best one
+
+
+def measure(quick: bool, work: Path) -> list[Figure]:
+    pages_per_pdf, lines = (1, 8) if quick else (2, None)  # None: a full page of lines
+    truth: dict[str, list[list[str]]] = {}
+    for font in FONTS:
+        for size in SIZES:
+            name = f"{font}-{size}pt-{pages_per_pdf}p-{lines or 'full'}.pdf"
+            path, lines_of = corpus.vector_pdf(corpus.CACHE / "vector-pdf" / name, font, size, pages_per_pdf,
+                                               seed=11, lines=lines)
+            truth[str(path)] = lines_of
+    read = read_pages(list(truth), DPIS)
+    rows = [score(item, truth[item["pdf"]][item["page"]]) | {"font": _font(item["pdf"]), "pt": _size(item["pdf"])}
+            for item in read["pages"]]
+    (work / "dpi-pages.json").write_text(json.dumps(rows, indent=1))
+    table = {dpi: _summary([row for row in rows if row["dpi"] == dpi]) for dpi in DPIS}
+    best = recommend(table)
+    pages = len(rows) // len(DPIS)
+    detail = (f"{pages} generated US-letter pages of vector text ({', '.join(FONTS)} at "
+              f"{', '.join(map(str, SIZES))} pt; "
+              f"{'8 lines' if quick else 'full pages'} of invoice and ledger lines), each rendered by "
+              f"`tasks.pages.PageReader` and read by `PaddleOcrEngine` (onnxruntime, PP-OCRv4 mobile, 1 thread) at "
+              f"every resolution, model load {read['load_s']:.1f} s apart. Rule: the lowest resolution within "
+              f"{TOLERANCE} points of the best character accuracy. Seconds are render + OCR, median per page."
+              + _markdown(table) + _by_font_and_size(rows))
+    return [figure("dpi", "default `pdf_dpi` = measured best trade-off", best, "dpi", f"= {DEFAULT_DPI} (the default)",
+                   best == DEFAULT_DPI, detail,
+                   f"{best} dpi reads within {TOLERANCE} points of the best character accuracy at "
+                   f"{table[best]['seconds']:.2f} s/page against {table[DEFAULT_DPI]['seconds']:.2f} s/page at "
+                   f"{DEFAULT_DPI} (words {table[best]['words']:.1f}% against {table[DEFAULT_DPI]['words']:.1f}%): "
+                   f"set `pdf_dpi` to {best} in tasks/config.py. Dropped spaces (words split as printed below 100%) "
+                   "follow the em in pixels, not the dpi: no one resolution keeps them for every type size.")]
+
+
+def recommend(table: dict[int, dict[str, float]]) -> int:
+    """The lowest resolution whose character accuracy is within `TOLERANCE` points of the best one's."""
+    top = max(row["chars"] for row in table.values())
+    return min(dpi for dpi, row in table.items() if row["chars"] >= top - TOLERANCE)
+
+
+def read_pages(pdfs: list[str], dpis: tuple[int, ...]) -> dict:
+    """Every page of `pdfs` at every resolution, in a subprocess with one thread (see `_read`)."""
+    command = [sys.executable, "-m", "benchmarks.dpi", "--read", *pdfs, "--dpi", *map(str, dpis)]
+    done = subprocess.run(command, env=bench_env(1), cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmarks.dpi --read exited {done.returncode}:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def score(item: dict, lines: list[str]) -> dict:
+    """Accuracy of one page's reading against the lines it was written with."""
+    printed, found = " ".join(lines), item["text"]
+    chars = "".join(printed.split())
+    words, read = printed.split(), found.split()
+    matched = sum(block.size for block in difflib.SequenceMatcher(None, words, read, autojunk=False)
+                  .get_matching_blocks())
+    return {"pdf": item["pdf"], "page": item["page"], "dpi": item["dpi"], "seconds": item["seconds"],
+            "pixels": item["pixels"], "text": found,
+            "chars": 100 * max(0.0, 1 - levenshtein(chars, "".join(found.split())) / len(chars)),
+            "words": 100 * matched / len(words), "split": 100 * len(read) / len(words)}
+
+
+def levenshtein(a: str, b: str) -> int:
+    """Edit distance, bit-parallel (Myers 1999, Hyyro 2001): one pass of integer operations per char of `b`."""
+    if not a or not b:
+        return len(a) + len(b)
+    mask, last = (1 << len(a)) - 1, 1 << (len(a) - 1)
+    equal: dict[str, int] = {}
+    for index, char in enumerate(a):
+        equal[char] = equal.get(char, 0) | (1 << index)
+    plus, minus, distance = mask, 0, len(a)  # vertical deltas of the DP column: all +1 at the start
+    for char in b:
+        eq = equal.get(char, 0)
+        xv = eq | minus
+        xh = (((eq & plus) + plus) ^ plus) | eq
+        h_plus = minus | ~(xh | plus)
+        h_minus = plus & xh
+        if h_plus & last:
+            distance += 1
+        elif h_minus & last:
+            distance -= 1
+        h_plus = ((h_plus << 1) | 1) & mask  # the top row grows by one per char of b
+        h_minus = (h_minus << 1) & mask
+        plus = (h_minus | ~(xv | h_plus)) & mask
+        minus = h_plus & xv
+    return distance
+
+
+def _summary(rows: list[dict]) -> dict[str, float]:
+    return {"chars": statistics.mean(r["chars"] for r in rows), "words": statistics.mean(r["words"] for r in rows),
+            "split": statistics.mean(r["split"] for r in rows),
+            "seconds": statistics.median(r["seconds"] for r in rows),
+            "pixels": statistics.median(r["pixels"] for r in rows)}
+
+
+def _markdown(table: dict[int, dict[str, float]]) -> str:
+    lines = ["| dpi | characters % | words % | words split as printed % | s/page | megapixels |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {dpi} | {row['chars']:.2f} | {row['words']:.1f} | {row['split']:.1f} | {row['seconds']:.2f} | "
+              f"{row['pixels'] / 1e6:.2f} |" for dpi, row in table.items()]
+    return "\n\n" + "\n".join("  " + line for line in lines) + "\n"
+
+
+def _by_font_and_size(rows: list[dict]) -> str:
+    """Character and word accuracy per font and size at each resolution, with the em in pixels it renders at
+    (size x dpi / 72): where a resolution fails, and on what."""
+    header = "| font, size | " + " | ".join(f"{dpi} dpi: chars / words % (em)" for dpi in DPIS) + " |"
+    lines = [header, "|---" * (len(DPIS) + 1) + "|"]
+    for font in FONTS:
+        for size in SIZES:
+            cells = []
+            for dpi in DPIS:
+                mine = [r for r in rows if r["font"] == font and r["pt"] == size and r["dpi"] == dpi]
+                cells.append(f"{statistics.mean(r['chars'] for r in mine):.1f} / "
+                             f"{statistics.mean(r['words'] for r in mine):.0f} ({size * dpi / 72:.0f} px)")
+            lines.append(f"| {font} {size} pt | " + " | ".join(cells) + " |")
+    return "\n" + "\n".join("  " + line for line in lines) + "\n"
+
+
+def _font(pdf: str) -> str:
+    return Path(pdf).name.rsplit("-", 3)[0]
+
+
+def _size(pdf: str) -> int:
+    return int(Path(pdf).name.rsplit("-", 3)[1].removesuffix("pt"))
+
+
+def _read(pdfs: list[str], dpis: list[int]) -> dict:
+    """Load the engine once, warm it on one page, then read every page at every resolution (rotating order)."""
+    import pypdfium2 as pdfium
+
+    from benchmarks.plain_loop import bundled_models
+    from tasks.engine import PaddleOcrEngine
+    from tasks.pages import PageReader
+
+    started = time.perf_counter()
+    engine = PaddleOcrEngine(bundled_models("onnxruntime"), "cpu", threads=1)
+    load_s = time.perf_counter() - started
+    max_pixels = JobConfig.model_fields["max_image_pixels"].default
+    with PageReader(dpi=DEFAULT_DPI, max_pixels=max_pixels) as reader:
+        engine(reader.load(pdfs[0], 0))  # the first call pays one-time set-up: keep it out of the timings
+    results, turn = [], 0
+    for pdf in pdfs:
+        count = len(pdfium.PdfDocument(pdf))
+        for page in range(count):
+            for dpi in dpis[turn % len(dpis):] + dpis[:turn % len(dpis)]:
+                started = time.perf_counter()
+                with PageReader(dpi=dpi, max_pixels=max_pixels) as reader:
+                    pixels = reader.load(pdf, page)
+                text = "\n".join(line.text for line in engine(pixels))
+                results.append({"pdf": pdf, "page": page, "dpi": dpi, "text": text,
+                                "seconds": time.perf_counter() - started,
+                                "pixels": pixels.shape[0] * pixels.shape[1]})
+            turn += 1
+    return {"load_s": load_s, "pages": results}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.dpi")
+    parser.add_argument("--read", nargs="+", required=True, metavar="PDF")
+    parser.add_argument("--dpi", nargs="+", type=int, required=True)
+    args = parser.parse_args()
+    print(json.dumps(_read(args.read, args.dpi)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
