@@ -20,6 +20,7 @@ EXPERIMENTS = {
     "scale": ("plan", "reduce", "noop"),
     "memory": ("memory",),
     "engines": ("engines",),
+    "batch": ("batch",),
     "dpi": ("dpi",),
     "balance": ("balance",),
 }

@@ -29,7 +29,10 @@ class JobConfig(BaseModel):
     )
     exclude_globs: tuple[str, ...] = Field((), description="Inputs whose path matches one of these globs are skipped.")
     manifest_path_column: str = Field("path", description="Column holding the input path in .csv/.jsonl manifests.")
-    pdf_dpi: int = Field(150, ge=36, le=600, description="Resolution PDF pages are rendered at.")
+    pdf_dpi: int = Field(
+        100, ge=36, le=600, description="Resolution PDF pages are rendered at. 100 reads 8-12 pt text as well as "
+        "150-300 and faster (benchmarks/dpi.py); raise it for smaller print."
+    )
     max_image_pixels: int = Field(
         100_000_000, ge=1, description="Pages with more pixels fail as DecompressionBomb instead of being decoded."
     )

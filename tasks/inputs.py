@@ -77,7 +77,7 @@ class InputError(ValueError):
     """An input argument or manifest row that names nothing usable."""
 
 
-def collect_pages(inputs: Sequence[str], *, dpi: int = 150, include_globs: Sequence[str] = (),
+def collect_pages(inputs: Sequence[str], *, dpi: int = 100, include_globs: Sequence[str] = (),
                   exclude_globs: Sequence[str] = (), manifest_path_column: str = "path") -> list[PageRef]:
     """Every page named by `inputs`, sorted by (source, page) and de-duplicated, with its cost."""
     wanted: dict[str, _Wanted] = {}

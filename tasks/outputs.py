@@ -38,7 +38,7 @@ _PAGED_SUFFIXES = (".pdf", ".tif", ".tiff")  # PaddleOCR gives page_index for do
 _MAX_NAME = 200  # bytes; file systems allow 255 per name
 
 
-def write_outputs(run_dir: Path, records: Sequence[PageRecord], kinds: Collection[str], *, dpi: int = 150,
+def write_outputs(run_dir: Path, records: Sequence[PageRecord], kinds: Collection[str], *, dpi: int = 100,
                   max_pixels: int = 100_000_000, vis_sample: int = 10) -> dict[str, Path]:
     """Write each output in `kinds` from the final records (sorted by source, page); where each went."""
     writers = {

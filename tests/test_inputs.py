@@ -106,7 +106,7 @@ def test_csv_and_jsonl_manifests_take_a_named_column_pages_and_cost(tmp_path):
     (tmp_path / "m.jsonl").write_text('{"file": "doc.pdf", "pages": [3]}\n\n{"file": "doc.pdf", "pages": "4-4", "cost": 7}\n')
     pages = collect_pages([str(tmp_path / "m.csv"), str(tmp_path / "m.jsonl")], manifest_path_column="file")
     assert keys(pages, tmp_path) == [("doc.pdf", n) for n in (0, 1, 2, 3, 5)] + [("odd name, with comma.png", 0)]
-    assert pages[-1].cost == 5.0 and pages[0].cost == (150 / 72) ** 2 * 72 * 72
+    assert pages[-1].cost == 5.0 and pages[0].cost == (100 / 72) ** 2 * 72 * 72  # the default dpi
 
 
 def test_every_bad_manifest_row_is_reported_at_once_with_its_line(tmp_path):
