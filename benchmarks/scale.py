@@ -143,8 +143,10 @@ def _noop(count: int, work: Path) -> Figure:
     inputs = str(corpus.link_farm(count))
     _in_process("synth", inputs, out)
     _in_process("reduce", inputs, out)
+    settings = work / "noop.yaml"  # the same settings the finished run was planned with (no extra outputs)
+    settings.write_text("outputs: []\n")
     command = [sys.executable, "-m", "tasks.cli", "run", inputs, "--output", str(out), "--devices", f"cpu:{SHARDS}",
-               "--threads-per-worker", "1"]
+               "--threads-per-worker", "1", "--config", str(settings)]
     watched = watch(command, bench_env(), records_dir=None, log=work / "noop.log")
     idle = watched.returncode == 0 and watched.worker_start_s is None
     return figure("noop", f"no-op rerun of a finished {count:,}-page run", watched.wall_s, "s", "<= 5 s, no worker",

@@ -25,6 +25,7 @@ import json
 import os
 import re
 import stat
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -85,12 +86,13 @@ def collect_pages(inputs: Sequence[str], *, dpi: int = 100, include_globs: Seque
     for spec in inputs:
         for path, pages, cost, origin in _expand(spec, manifest_path_column, problems):
             (wanted.get(path) or wanted.setdefault(path, _Wanted())).add(pages, cost, origin)
-    kept = {path: entry for path, entry in wanted.items() if _selected(path, include_globs, exclude_globs)}
+    kept = {path: entry for path, entry in wanted.items() if _selected(path, include_globs, exclude_globs)} \
+        if include_globs or exclude_globs else wanted
     if not kept:
         why = f" ({len(wanted)} found, all left out by include/exclude globs)" if wanted else ""
         raise InputError(f"no images found in {list(inputs)}{why} (looked for {', '.join(sorted(DOCUMENT_SUFFIXES))})")
-    for path, entry in kept.items():
-        entry.stat = _stat(path)
+    for (path, entry), found in zip(kept.items(), _stat_all(list(kept))):
+        entry.stat = found
         if entry.origin and (entry.stat is None or not stat.S_ISREG(entry.stat.st_mode)):
             problems.append(f"{entry.origin}: no such file")
     _raise_if(problems, "inputs that cannot be used")
@@ -193,7 +195,7 @@ def _manifest_row(folder: str, row: dict, column: str) -> tuple[str, Pages, floa
         raise ValueError(f"no path in {column!r}")
     pages, cost = _row_pages(row.get("pages")), _row_cost(row.get("cost"))
     path = _row_path(folder, name)
-    if row.get("_txt") and not os.path.lexists(path) and _RANGE_SUFFIX.fullmatch(name):
+    if row.get("_txt") and name.endswith("]") and not os.path.lexists(path) and _RANGE_SUFFIX.fullmatch(name):
         ranged = _RANGE_SUFFIX.fullmatch(name)
         path, pages = _row_path(folder, ranged[1]), parse_page_range(ranged[2])
     if _suffix(path) in MANIFEST_SUFFIXES:
@@ -288,6 +290,17 @@ def _suffix(name: str | os.PathLike) -> str:
 def _absolute(path: Path) -> str:
     # abspath keeps symlinks as named: the record's source is the path the user gave, made absolute.
     return os.path.abspath(path)
+
+
+def _stat_all(paths: list[str], threads: int = 16) -> list[os.stat_result | None]:
+    """`_stat` of every path, on several threads: stat releases the GIL, and on NFS each one is a round trip."""
+    if len(paths) < 2000:
+        return [_stat(path) for path in paths]
+    size = -(-len(paths) // threads)
+    with ThreadPoolExecutor(threads, thread_name_prefix="stat") as pool:
+        parts = pool.map(lambda start: [_stat(path) for path in paths[start:start + size]],
+                         range(0, len(paths), size))
+        return [found for part in parts for found in part]
 
 
 def _stat(source: str) -> os.stat_result | None:
