@@ -26,8 +26,13 @@ def bundled_models(engine: str) -> ModelDirs:
 
 
 def plain_paddleocr(models: ModelDirs, threads: int):
-    """PaddleOCR with the options ocrfleet's engine passes on CPU (tasks/engine.py), written out by hand."""
+    """PaddleOCR with the options ocrfleet's engine passes on CPU (tasks/engine.py), written out by hand.
+
+    The recognition batch size too: comparisons measure what ocrfleet adds or saves, not a setting.
+    """
     from paddleocr import PaddleOCR
+
+    from tasks.planning import REC_BATCH
 
     if models.engine == "onnxruntime":
         options = {"engine": "onnxruntime",
@@ -39,7 +44,7 @@ def plain_paddleocr(models: ModelDirs, threads: int):
                      text_recognition_model_name=models.text_recognition_model_name,
                      text_recognition_model_dir=models.text_recognition_model_dir,
                      use_doc_orientation_classify=False, use_doc_unwarping=False, use_textline_orientation=False,
-                     device="cpu", **options)
+                     text_recognition_batch_size=REC_BATCH[models.engine], device="cpu", **options)
 
 
 def _reader(models: ModelDirs, threads: int, via_ocrfleet_engine: bool, rec_batch: int = 6) -> Callable[[str], str]:
