@@ -59,6 +59,7 @@ def test_scanned_samples_match_a_plain_in_process_paddleocr_loop(prefect_api, tm
     ocr = PaddleOCR(text_detection_model_name="PP-OCRv4_mobile_det", text_detection_model_dir=str(models["det"]),
                     text_recognition_model_name="PP-OCRv4_mobile_rec", text_recognition_model_dir=str(models["rec"]),
                     use_doc_orientation_classify=False, use_doc_unwarping=False, use_textline_orientation=False,
+                    text_recognition_batch_size=1,  # what ocrfleet uses on onnxruntime (REC_BATCH)
                     device="cpu", engine="onnxruntime")
     loop = {str(path): "\n".join(ocr.predict(str(path))[0]["rec_texts"]) for path in sorted(SAMPLES.iterdir())}
     assert {r.source: r.text for r in results(tmp_path / "out")} == loop
@@ -67,8 +68,9 @@ def test_scanned_samples_match_a_plain_in_process_paddleocr_loop(prefect_api, tm
 
 def test_the_paddle_engine_reads_the_same_text_as_onnxruntime(prefect_api, word_pages, tmp_path):
     pages = [word_pages / "alpha.png", word_pages / "beta.png"]
-    run(pages, tmp_path / "paddle", devices="cpu:1", engine="paddle")
-    run(pages, tmp_path / "onnx", devices="cpu:1", engine="onnxruntime")
+    # The same recognition batch on both: the engines' defaults differ (1 on onnxruntime, 6 on Paddle).
+    run(pages, tmp_path / "paddle", devices="cpu:1", engine="paddle", text_recognition_batch_size=1)
+    run(pages, tmp_path / "onnx", devices="cpu:1", engine="onnxruntime", text_recognition_batch_size=1)
     paddle, onnx = results(tmp_path / "paddle"), results(tmp_path / "onnx")
     assert [r.text for r in paddle] == [r.text for r in onnx]
     assert squeeze("Invoice 4821") in squeeze(paddle[0].text)
