@@ -32,7 +32,7 @@ def plain_paddleocr(models: ModelDirs, threads: int):
     """
     from paddleocr import PaddleOCR
 
-    from tasks.planning import REC_BATCH
+    from tasks.models import REC_BATCH
 
     if models.engine == "onnxruntime":
         options = {"engine": "onnxruntime",

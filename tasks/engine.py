@@ -7,7 +7,7 @@ from typing import Protocol
 
 import numpy as np
 
-from tasks.models import ModelDirs
+from tasks.models import REC_BATCH, ModelDirs
 from tasks.records import TextLine
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ class OcrEngine(Protocol):
 class PaddleOcrEngine:
     """PaddleOCR's text detection + recognition pipeline, loaded once per worker."""
 
-    def __init__(self, models: ModelDirs, device: str, threads: int, rec_batch_size: int = 6) -> None:
+    def __init__(self, models: ModelDirs, device: str, threads: int, rec_batch_size: int | None = None) -> None:
         from paddleocr import PaddleOCR  # heavy: imported only where OCR actually runs
 
         options: dict = {}
@@ -45,7 +45,7 @@ class PaddleOcrEngine:
             text_recognition_model_name=models.text_recognition_model_name,
             text_recognition_model_dir=models.text_recognition_model_dir,
             use_doc_orientation_classify=False, use_doc_unwarping=False, use_textline_orientation=False,
-            text_recognition_batch_size=rec_batch_size, device=device, **options,
+            text_recognition_batch_size=rec_batch_size or REC_BATCH[models.engine], device=device, **options,
         )
 
     def __call__(self, image: np.ndarray) -> list[TextLine]:

@@ -20,6 +20,10 @@ from pydantic import BaseModel, ConfigDict
 
 Engine = Literal["paddle", "onnxruntime"]
 
+# Text lines per recognition batch unless configured. Measured (benchmarks/batch.py): on CPU, onnxruntime
+# is fastest one line at a time (a batch pads every line to the widest); on GPUs PaddleOCR's default stands.
+REC_BATCH: dict[Engine, int] = {"onnxruntime": 1, "paddle": 6}
+
 BUNDLED_DET = "PP-OCRv4_mobile_det"
 BUNDLED_REC = "PP-OCRv4_mobile_rec"
 

@@ -16,17 +16,13 @@ from tasks.config import JobConfig
 from tasks.devices import Device, DeviceError
 from tasks.inputs import InputError, collect_pages
 from tasks.ledger import CARRIED, Prior, prior_records, split_done
-from tasks.models import Engine, ModelDirs, bundled_dir, default_cache_dir, fingerprint, is_bundled, materialize
+from tasks.models import (REC_BATCH, Engine, ModelDirs, bundled_dir, default_cache_dir, fingerprint, is_bundled,
+                          materialize)
 from tasks.placement import Placement, default_threads, launcher_warning, place, worker_env_overrides
 from tasks.records import PageRecord, PageRef, read_jsonl, write_atomic
 
 _VERSIONED = ("ocrfleet", "paddleocr", "paddlex", "paddlepaddle", "paddlepaddle-gpu", "onnxruntime",
               "rapidocr-paddle", "rapidocr-onnxruntime")
-
-
-# Measured (benchmarks/batch.py): on CPU, onnxruntime is fastest one line at a time (batches pad every
-# line to the widest); on GPUs PaddleOCR's own default stands.
-REC_BATCH: dict[Engine, int] = {"onnxruntime": 1, "paddle": 6}
 
 
 class ShardPlan(BaseModel):
