@@ -31,7 +31,7 @@ from tasks.inputs import collect_pages
 from tasks.outputs import write_outputs
 from tasks.planning import split_balanced
 from tasks.records import PageRecord, PageRef, ShardReport, complete_lines, write_atomic
-from tasks.summary import Totals
+from tasks.summary import Totals, reconcile_lines
 
 CORPUS_PLAN = "corpus.json"
 _OBJECT_STORES = ("s3", "gs", "gcs", "az", "abfs", "abfss", "http", "https")
@@ -304,28 +304,9 @@ def reduce_corpus(plan: CorpusPlan, runs: dict[int, ChunkRun], wall_s: float | N
 def _reconcile_chunk(spec: ChunkPlan, run: ChunkRun) -> tuple[list[PageRecord], list[str]]:
     """The chunk's valid records and its named problems: gave up, unparsable, unplanned, duplicate, missing."""
     name = f"chunk {spec.chunk}"
-    problems = [f"{name}: {run.error}"] if run.error else []
-    planned = planned_pages(spec)
-    records: list[PageRecord] = []
-    seen: set[tuple[str, int]] = set()
-    for number, line in enumerate(complete_lines(Path(spec.output_dir) / "results.jsonl"), 1):
-        try:
-            record = PageRecord.model_validate_json(line)
-        except ValueError:
-            problems.append(f"{name}: results.jsonl line {number} does not parse")
-            continue
-        if record.key not in planned:
-            problems.append(f"{name}: unplanned record {record.source} page {record.page}")
-        elif record.key in seen:
-            problems.append(f"{name}: duplicate record {record.source} page {record.page}")
-        else:
-            seen.add(record.key)
-            records.append(record)
-    if len(seen) != len(planned):
-        missing = sorted(planned - seen)
-        examples = ", ".join(f"{source} page {page}" for source, page in missing[:3])
-        problems.append(f"{name}: {len(planned)} pages planned, {len(seen)} records (missing {examples})")
-    return records, problems
+    lines = complete_lines(Path(spec.output_dir) / "results.jsonl")
+    entries, problems = reconcile_lines(name, "results.jsonl", lines, planned_pages(spec), model=PageRecord)
+    return [record for record, _ in entries], ([f"{name}: {run.error}"] if run.error else []) + problems
 
 
 def _across_chunks(plan: CorpusPlan, records: list[PageRecord]) -> list[str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import collections
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
@@ -66,6 +66,8 @@ class RunSummary(Totals):
     pages_skipped: int  # done by an earlier run with the same file content and settings: not redone
     shards: list[ShardSummary]
 
+
+R = TypeVar("R", bound=RecordIdentity)
 
 # A record as reduce handles it: its identity (parsed) and its JSON line, kept as the worker wrote it.
 Entry = tuple[RecordIdentity, str]
@@ -171,29 +173,36 @@ def _reconcile(run_dir: Path, shard: int) -> tuple[list[Entry], list[str]]:
     """The shard's valid records and the named problems: unparsable, duplicate, unplanned, missing."""
     paths = shard_paths(run_dir, shard)
     planned = {page.key for page in read_manifest(run_dir, shard)}
+    entries, problems = reconcile_lines(f"shard {shard}", "records", complete_lines(paths["records"]), planned)
+    if not paths["done"].exists():
+        problems.append(f"shard {shard}: no done marker; its worker did not finish")
+    return entries, problems
+
+
+def reconcile_lines(name: str, what: str, lines: list[str], planned: set[tuple[str, int]],
+                    model: type[R] = RecordIdentity) -> tuple[list[tuple[R, str]], list[str]]:
+    """Each planned page's one record among `lines`, and the named problems: unparsable, unplanned, duplicate,
+    missing. `name` and `what` say whose lines they are (`shard 3`, `records`), for the problems' text."""
     problems: list[str] = []
-    entries: list[Entry] = []
+    entries: list[tuple[R, str]] = []
     seen: set[tuple[str, int]] = set()
-    lines = complete_lines(paths["records"])
     for number, line in enumerate(lines, 1):
         try:
-            record = RecordIdentity.model_validate_json(line)
+            record = model.model_validate_json(line)
         except ValidationError:
-            problems.append(f"shard {shard}: records line {number} does not parse")
+            problems.append(f"{name}: {what} line {number} does not parse")
             continue
         if record.key not in planned:
-            problems.append(f"shard {shard}: unplanned record {record.source} page {record.page}")
+            problems.append(f"{name}: unplanned record {record.source} page {record.page}")
         elif record.key in seen:
-            problems.append(f"shard {shard}: duplicate record {record.source} page {record.page}")
+            problems.append(f"{name}: duplicate record {record.source} page {record.page}")
         else:
             seen.add(record.key)
             entries.append((record, line))
     if len(seen) != len(planned):
         missing = sorted(planned - seen)
         examples = ", ".join(f"{source} page {page}" for source, page in missing[:3])
-        problems.append(f"shard {shard}: {len(planned)} pages planned, {len(seen)} records (missing {examples})")
-    if not paths["done"].exists():
-        problems.append(f"shard {shard}: no done marker; its worker did not finish")
+        problems.append(f"{name}: {len(planned)} pages planned, {len(seen)} records (missing {examples})")
     return entries, problems
 
 
