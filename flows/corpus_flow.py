@@ -4,33 +4,53 @@ import time
 from pathlib import Path
 
 from prefect import flow
-from prefect.futures import wait
+from prefect.logging.loggers import flow_run_logger
+from prefect.futures import PrefectFuture, wait
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from tasks.corpus import ChunkRun, CorpusConfig, CorpusSummary
-from tasks.corpus_tasks import plan_chunks, reduce_chunks, run_chunk
+from tasks.corpus import ChunkPlan, ChunkRun, CorpusConfig, CorpusSummary
+from tasks.corpus_tasks import cancel_chunk_runs, plan_chunks, reduce_chunks, run_chunk
 from tasks.lock import hold_run_dir
+from tasks.reporting import ProgressReporter, publish_corpus_summary
 
 
 class CorpusInvalid(RuntimeError):
     """The corpus run finished but a chunk gave up, pages are missing or too many failed."""
 
 
+def stop_chunks(flow, flow_run, state) -> None:
+    """Cancelled from the UI or stopped by Ctrl-C: stop the chunk runs too, or their machines go on OCRing."""
+    stopped = cancel_chunk_runs(flow_run.id)
+    # A hook may run in the worker, outside the run's context: a logger bound to the run explicitly.
+    flow_run_logger(flow_run, flow).warning("corpus run %s: cancelled %d chunk run(s) still going", state.name, len(stopped))
+
+
+def _count(progress: ProgressReporter, spec: ChunkPlan, done: PrefectFuture) -> None:
+    if done.state.is_completed() and done.result().state == "COMPLETED":
+        progress.update(spec.chunk, spec.pages)
+
+
 # Threads only poll child flow runs; one per chunk keeps every chunk queued at once.
-@flow(name="ocrfleet-corpus", task_runner=ThreadPoolTaskRunner(max_workers=512), log_prints=True)
+@flow(name="ocrfleet-corpus", task_runner=ThreadPoolTaskRunner(max_workers=512), log_prints=True,
+      on_cancellation=[stop_chunks], on_crashed=[stop_chunks])
 def corpus_run(config: CorpusConfig) -> CorpusSummary:
     """OCR a corpus in chunks spread over every machine's worker; fail unless each page has exactly one record."""
     started = time.monotonic()
     holder = f"corpus flow run {flow_run.get_name() or flow_run.get_id()}"
     with hold_run_dir(Path(config.job.output_dir), holder):
         plan = plan_chunks(config)
+        progress = ProgressReporter(plan.pages_total, len(plan.chunks), min_interval_s=0, unit="chunks")
         futures = [run_chunk.submit(config, spec) for spec in plan.chunks]
+        for spec, future in zip(plan.chunks, futures):
+            future.add_done_callback(lambda done, spec=spec: _count(progress, spec, done))
         wait(futures)
         runs = {spec.chunk: future.result() if future.state.is_completed() else
                 ChunkRun(chunk=spec.chunk, state="ERROR", error=f"its task failed: {future.state.message}")
                 for spec, future in zip(plan.chunks, futures)}
         summary = reduce_chunks(plan, runs, time.monotonic() - started)
+        progress.finish(summary.pages_ok + summary.pages_failed)
+    publish_corpus_summary(summary)
     if not summary.valid:
         raise CorpusInvalid(summary.verdict())
     return summary

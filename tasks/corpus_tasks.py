@@ -7,8 +7,11 @@ from uuid import UUID
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterParentFlowRunId, FlowRunFilterState,
+                                           FlowRunFilterStateType)
+from prefect.client.schemas.objects import StateType
 from prefect.deployments import run_deployment
-from prefect.states import Crashed
+from prefect.states import Cancelling, Crashed
 
 from tasks.corpus import (ChunkPlan, ChunkRun, CorpusConfig, CorpusPlan, CorpusSummary, StallWatch, chunk_job,
                           plan_corpus, reduce_corpus, write_corpus_plan)
@@ -56,6 +59,25 @@ def run_chunk(config: CorpusConfig, spec: ChunkPlan) -> ChunkRun:
             run.error = f"gave up after {attempt} attempt(s); the last ended {state}: {why}"
             logger.warning("chunk %d: attempt %d ended %s: %s", spec.chunk, attempt, state, why)
     return run
+
+
+def cancel_chunk_runs(corpus_flow_run_id: UUID) -> list[UUID]:
+    """Cancel every chunk run of the corpus run that has not ended; return their ids.
+
+    Each is proposed Cancelling, unforced, so the server's own rules decide by its state at that moment: a
+    queued run goes straight to Cancelled (no machine picks it up later), one a machine has taken stays
+    Cancelling until that machine's worker stops it, and its OCR workers exit with it. Prefect's server
+    cancels subflows of a Cancelled run too, but only every `cancellation_cleanup.loop_seconds`, and not
+    those of a run that crashed; this is at once.
+    """
+    unended = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED]
+    with get_client(sync_client=True) as client:
+        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[corpus_flow_run_id]),
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=unended))))
+        for child in children:
+            client.set_flow_run_state(child.id, Cancelling(message=f"the corpus run {corpus_flow_run_id} was stopped"))
+    return [child.id for child in children]
 
 
 def _follow(client: SyncPrefectClient, flow_run_id: UUID, spec: ChunkPlan, config: CorpusConfig) -> tuple[str, str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -39,6 +40,10 @@ class NotRetryable(WorkerFailed):
 
 class PlacementFailed(NotRetryable):
     """The worker landed on a GPU other than its planned one."""
+
+
+class WorkerStopped(NotRetryable):
+    """The worker was stopped by a signal from outside (a cancelled flow run, a machine shutting down)."""
 
 
 class RunAborted(NotRetryable):
@@ -71,6 +76,7 @@ WORKER_MODULE = "tasks.worker"
 # Pages quarantined one after another with nothing recorded between them: the device or the
 # environment is broken, not the pages, so stop blaming pages and fail the shard.
 _MAX_QUARANTINE_STREAK = 3
+_STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 
 
 def worker_command(run_dir: Path, spec: ShardPlan, careful: bool = False) -> list[str]:
@@ -192,6 +198,10 @@ def _run_once(run_dir: Path, spec: ShardPlan, sink: LineSink, careful: bool, dea
         raise RunAborted(f"shard {spec.shard}: stopped because {_aborted[run_dir]}")
     if attempt.code == EXIT_BAD_INVOCATION:
         raise NotRetryable(_failure_message(run_dir, spec, attempt))
+    if attempt.code is not None and -attempt.code in _STOP_SIGNALS:
+        # Cancelling a flow run signals its whole process group: restarting the worker would undo the cancel.
+        raise WorkerStopped(f"shard {spec.shard}: worker stopped by {signal.Signals(-attempt.code).name}, not "
+                            "restarted (the run is being cancelled or the machine is shutting down); a rerun resumes")
     return attempt
 
 

@@ -17,6 +17,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
+from tasks.corpus import CorpusSummary
 from tasks.planning import Plan
 from tasks.summary import RunSummary
 
@@ -27,6 +28,8 @@ OUTPUT_PATHS = {"parquet": "results.parquet", "text": "text/", "pages": "pages/"
 PROGRESS_KEY = "ocrfleet-progress"
 SHARDS_KEY = "ocrfleet-shards"
 SUMMARY_KEY = "ocrfleet-summary"
+CHUNKS_KEY = "ocrfleet-corpus-chunks"
+CORPUS_SUMMARY_KEY = "ocrfleet-corpus-summary"
 
 _PROGRESS_LINE = re.compile(r"progress shard=(\d+) done=(\d+) total=(\d+)")
 
@@ -38,9 +41,10 @@ class ProgressReporter:
     or plain threads (a worker's output reader) reach the same server and artifact.
     """
 
-    def __init__(self, pages_total: int, shards: int, min_interval_s: float = 5.0) -> None:
+    def __init__(self, pages_total: int, shards: int, min_interval_s: float = 5.0, unit: str = "shards") -> None:
         self.pages_total = pages_total
         self.shards = shards
+        self.unit = unit  # what the pages are split into: a run's shards, a corpus's chunks
         self.min_interval_s = min_interval_s
         self._done: dict[int, int] = {}
         self._lock = threading.Lock()
@@ -85,7 +89,7 @@ class ProgressReporter:
         return 100.0 if self.pages_total == 0 else round(100.0 * pages_done / self.pages_total, 2)
 
     def _describe(self, pages_done: int) -> str:
-        return f"{pages_done} of {self.pages_total} pages OCRed ({self.shards} shards)"
+        return f"{pages_done} of {self.pages_total} pages OCRed ({self.shards} {self.unit})"
 
     def _publish(self, pages_done: int) -> None:
         try:
@@ -143,4 +147,54 @@ def summary_markdown(summary: RunSummary, plan: Plan) -> str:
     lines += ["", "## Outputs", "", f"- results: `{run_dir}/results.jsonl`",
               f"- failures: `{run_dir}/failures.jsonl`", f"- summary: `{run_dir}/summary.json`",
               *[f"- {kind}: `{run_dir}/{OUTPUT_PATHS[kind]}`" for kind in plan.config.outputs]]
+    return "\n".join(lines) + "\n"
+
+
+def publish_corpus_summary(summary: CorpusSummary) -> None:
+    """A per-chunk table artifact (attempts, machines) and a markdown artifact with totals and verdict."""
+    create_table_artifact(chunk_rows(summary), key=CHUNKS_KEY,
+                          description=f"ocrfleet chunks of {summary.output_dir}")
+    create_markdown_artifact(corpus_markdown(summary), key=CORPUS_SUMMARY_KEY,
+                             description=f"ocrfleet corpus verdict for {summary.output_dir}")
+
+
+def chunk_rows(summary: CorpusSummary) -> list[dict[str, Any]]:
+    return [
+        {"chunk": chunk.chunk, "pages": chunk.pages_planned, "ok": chunk.pages_ok, "failed": chunk.pages_failed,
+         "state": chunk.state, "attempts": chunk.attempts, "workers": ", ".join(chunk.workers),
+         "hosts": ", ".join(chunk.hostnames), "problems": len(chunk.problems)}
+        for chunk in summary.chunks
+    ]
+
+
+def corpus_markdown(summary: CorpusSummary) -> str:
+    retried = [chunk for chunk in summary.chunks if chunk.attempts > 1]
+    lines = [
+        f"# ocrfleet corpus run: {'valid' if summary.valid else 'INVALID'}",
+        "",
+        f"**{summary.verdict()}**",
+        "",
+        "| pages planned | ok | failed | failure rate | max failure rate | chunks | machines | wall s |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| {summary.pages_planned} | {summary.pages_ok} | {summary.pages_failed} | {summary.failure_rate:.2%} "
+        f"| {summary.max_failure_rate:.2%} | {len(summary.chunks)} "
+        f"| {len({worker for chunk in summary.chunks for worker in chunk.workers})} "
+        f"| {summary.wall_s if summary.wall_s is not None else '-'} |",
+        "",
+        "## Chunks started again",
+        "",
+        *([f"- chunk {chunk.chunk}: {chunk.attempts} attempts, on {' then '.join(chunk.workers)}"
+           for chunk in retried] or ["none"]),
+        "",
+        "## Failures by class",
+        "",
+        *([f"- `{name}`: {count}" for name, count in summary.failures_by_class.items()] or ["none"]),
+    ]
+    if summary.warnings:
+        lines += ["", "## Warnings", "", *[f"- {warning}" for warning in summary.warnings]]
+    if summary.problems:
+        lines += ["", "## Problems", "", *[f"- {problem}" for problem in summary.problems]]
+    out = summary.output_dir
+    lines += ["", "## Outputs", "", f"- results: `{out}/results.jsonl`", f"- failures: `{out}/failures.jsonl`",
+              f"- summary: `{out}/summary.json`", f"- each chunk's own run: `{out}/chunks/NNNNN/`"]
     return "\n".join(lines) + "\n"

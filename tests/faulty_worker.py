@@ -1,7 +1,7 @@
 """A worker for tests only: the real `tasks.worker.main` with a fake engine that fails on chosen pages.
 
 `OCRFLEET_TEST_FAULTS` (JSON) says which pages, by the image's width in pixels:
-`{"crash": [w, ...], "crash_once": [w, ...], "hang": [w, ...], "leak_mb": n}`; `crash_once` needs
+`{"crash": [w, ...], "crash_once": [w, ...], "hang": [w, ...], "terminate": [w, ...], "leak_mb": n}`; `crash_once` needs
 `OCRFLEET_TEST_STATE` (a folder) to remember that it crashed already. Production code never imports
 this module: tests point `tasks.launch.WORKER_MODULE` at it.
 """
@@ -33,6 +33,8 @@ class FaultyEngine:
             if not marker.exists():
                 marker.write_text("")
                 os.kill(os.getpid(), signal.SIGKILL)
+        if width in self.faults.get("terminate", ()):
+            os.kill(os.getpid(), signal.SIGTERM)  # as a cancelled flow run's process-group signal would
         if width in self.faults.get("hang", ()):
             time.sleep(3600)
         if self.faults.get("leak_mb"):

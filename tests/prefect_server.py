@@ -74,12 +74,15 @@ def wait_healthy(api_url: str, process: subprocess.Popen, log: Path, timeout_s: 
 
 
 @contextlib.contextmanager
-def prefect_server(home: Path) -> Iterator[str]:
-    """Run `prefect server start` on a free local port with sqlite under `home`; yield its API URL."""
+def prefect_server(home: Path, **settings: str) -> Iterator[str]:
+    """Run `prefect server start` on a free local port with sqlite under `home`; yield its API URL.
+
+    `settings`: more `PREFECT_*` environment for the server.
+    """
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = quiet_env(home, PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home / 'prefect.db'}",
-                    PREFECT_UI_ENABLED="false")
+                    PREFECT_UI_ENABLED="false", **settings)
     log = home / "server.log"
     with open(log, "wb") as out:
         process = subprocess.Popen([*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port),
@@ -96,11 +99,14 @@ def prefect_server(home: Path) -> Iterator[str]:
 
 @contextlib.contextmanager
 def process_worker(api_url: str, home: Path, name: str = "test-worker", pool: str = "ocrfleet",
-                   cwd: Path = ROOT) -> Iterator[Path]:
-    """Run `prefect worker start` for `pool` (limit 1) at `cwd`; yield its log file; stop it and its runs."""
+                   cwd: Path = ROOT, **settings: str) -> Iterator[Path]:
+    """Run `prefect worker start` for `pool` (limit 1) at `cwd`; yield its log file; stop it and its runs.
+
+    `settings`: more `PREFECT_*` environment for the worker.
+    """
     home.mkdir(parents=True, exist_ok=True)
     log = home / f"worker-{name}.log"
-    env = quiet_env(home, PREFECT_API_URL=api_url)
+    env = quiet_env(home, PREFECT_API_URL=api_url, **settings)
     with open(log, "wb") as out:
         process = subprocess.Popen([*PREFECT, "worker", "start", "--pool", pool, "--name", name, "--limit", "1"],
                                    cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,

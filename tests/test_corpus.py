@@ -226,7 +226,7 @@ def test_a_corpus_over_two_machines_completes_exactly_once_when_one_dies_mid_chu
     from flows.ocr_flow import ocr_run
     from tasks.deploy import deploy
     from tests.pages import draw_page
-    from tests.prefect_server import ROOT, api_call, prefect_server
+    from tests.prefect_server import ROOT, api_call, prefect_server, run_artifacts
 
     shared = tmp_path / "nfs"  # what every machine sees at the same path
     for number in range(12):
@@ -259,6 +259,7 @@ def test_a_corpus_over_two_machines_completes_exactly_once_when_one_dies_mid_chu
                     for chunk in summary.chunks}
         parents = {api_call(api_url, f"task_runs/{run['parent_task_run_id']}")["flow_run_id"]
                    for runs in children.values() for run in runs}
+        artifacts = {artifact["key"]: artifact for artifact in run_artifacts(api_url, corpus_flow_run)}
 
     out = shared / "corpus"
     assert summary.valid and summary.pages_planned == summary.pages_ok == single.pages_ok == 12
@@ -274,3 +275,74 @@ def test_a_corpus_over_two_machines_completes_exactly_once_when_one_dies_mid_chu
     assert resumed["pages_skipped"] >= written  # the dead machine's records were kept, not redone
     assert {worker for chunk in summary.chunks for worker in chunk.workers} == {"machine-a", "machine-b"}
     assert all(chunk.attempts == 1 for chunk in summary.chunks if chunk is not killed)
+    # The corpus run's own artifacts: progress at 100%, a row per chunk, and the verdict.
+    assert artifacts["ocrfleet-progress"]["data"] == 100.0
+    rows = json.loads(artifacts["ocrfleet-corpus-chunks"]["data"])
+    assert [(row["chunk"], row["attempts"]) for row in rows] == [(c.chunk, c.attempts) for c in summary.chunks]
+    verdict = artifacts["ocrfleet-corpus-summary"]["data"]
+    assert "corpus run: valid" in verdict and f"chunk {killed.chunk}: 2 attempts, on machine-a then machine-b" in verdict
+
+
+def chunk_runs(api_url: str, corpus_flow_run_id: str) -> list[dict]:
+    from tests.prefect_server import api_call
+
+    return api_call(api_url, "flow_runs/filter",
+                    {"flow_runs": {"parent_flow_run_id": {"any_": [corpus_flow_run_id]}}})
+
+
+def ocr_workers(under: Path) -> list:
+    """Live OCR worker processes whose run dir is under `under` (other tests' workers may be running)."""
+    import psutil
+
+    return [process for process in psutil.process_iter(["cmdline", "status"])
+            if "tasks.worker" in (process.info["cmdline"] or []) and process.info["status"] != psutil.STATUS_ZOMBIE
+            and any(str(under) in part for part in process.info["cmdline"])]
+
+
+@pytest.mark.prefect_server
+def test_cancelling_a_corpus_run_cancels_its_chunk_runs_running_and_queued(tmp_path, model_cache):
+    import re
+    import time
+
+    from tasks.deploy import deploy
+    from tests.pages import draw_page
+    from tests.prefect_server import ROOT, api_call, prefect_cli, prefect_server, process_worker, wait_for_state
+
+    shared = tmp_path / "nfs"
+    for number in range(80):  # 20 full pages a chunk: a chunk takes far longer than a cancel
+        draw_page(shared / "scans" / f"page-{number:02d}.png",
+                  [f"Cancel page {number}", *(f"Ledger line {line} of a slow page" for line in range(10))],
+                  size=(1400, 1000))
+    config = {"job": {"inputs": [str(shared / "scans")], "output_dir": str(shared / "corpus"),
+                      "progress_interval_s": 3600}, "chunks": 4, "poll_s": 1}
+    home = tmp_path / "prefect"
+    with contextlib.ExitStack() as stack:
+        # The server's own subflow clean-up is off: the corpus run must stop its chunks itself.
+        api_url = stack.enter_context(prefect_server(
+            home / "server", PREFECT_SERVER_SERVICES_CANCELLATION_CLEANUP_ENABLED="false"))
+        deploy(ROOT, api_url=api_url)
+        stack.enter_context(machine(api_url, home / "a", "machine-a", "cpu:1"))  # one machine: 3 chunks queue
+        control = stack.enter_context(process_worker(api_url, home / "control", "control", pool="ocrfleet-control",
+                                                     PREFECT_WORKER_QUERY_SECONDS="1"))
+        output = prefect_cli(api_url, home, "deployment", "run", "ocrfleet-corpus/corpus",
+                             "--params", json.dumps({"config": config}))
+        corpus = re.search(r"UUID: ([0-9a-f-]{36})", output)[1]
+        deadline = time.monotonic() + 240
+        while not ocr_workers(shared) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert ocr_workers(shared), control.read_text()[-4000:]
+        api_call(api_url, f"flow_runs/{corpus}/set_state", {"state": {"type": "CANCELLING"}, "force": True})
+        run = wait_for_state(api_url, corpus, {"CANCELLED", "COMPLETED", "FAILED", "CRASHED"}, timeout_s=90)
+        assert run["state_type"] == "CANCELLED", control.read_text()[-4000:]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (ocr_workers(shared) or not {
+                child["state_type"] for child in chunk_runs(api_url, corpus)} <= {"CANCELLED", "COMPLETED"}):
+            time.sleep(0.5)
+        children = chunk_runs(api_url, corpus)
+        assert ocr_workers(shared) == []
+        ended = sorted(child["state_type"] for child in children)
+        # A chunk may finish while the cancel travels; every other one is cancelled, running or queued.
+        assert set(ended) <= {"CANCELLED", "COMPLETED"} and ended.count("CANCELLED") >= 3, ended
+        never_started = [child for child in children if child["state_type"] == "CANCELLED" and child["run_count"] == 0]
+        assert never_started, "no queued chunk run was cancelled"
+        assert not (shared / "corpus" / "results.jsonl").exists()

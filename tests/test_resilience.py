@@ -16,7 +16,7 @@ from tasks.config import load_config
 from tasks.launch import WorkerFailed, run_worker
 from tasks.lock import LOCK_NAME, RunDirBusy, hold_run_dir
 from tasks.planning import prepare_run, shard_paths
-from tasks.records import PageRecord, read_jsonl
+from tasks.records import PageRecord, complete_records, read_jsonl
 from tasks.summary import reduce_run
 from tasks.worker import run_shard
 from tests.faulty_worker import FaultyEngine
@@ -83,6 +83,18 @@ def test_a_worker_that_dies_once_is_restarted_and_loses_nothing(faulty, tmp_path
     assert sorted(r.text for r in by_width(out).values()) == [f"w{w}" for w in range(100, 108)]
     log = shard_paths(out, 0)["log"].read_text()
     assert log.count("models loaded") == 3  # first start, and one restart per death
+
+
+def test_a_worker_stopped_by_sigterm_is_not_restarted_and_a_rerun_resumes(faulty, tmp_path):
+    faulty(terminate=[103])  # what cancelling the flow run does: SIGTERM to its whole process group
+    out, plan = plan_cpu(tmp_path, range(100, 106))
+    with pytest.raises(launch.WorkerStopped, match="stopped by SIGTERM, not restarted"):
+        run_worker(out, plan.shards[0], sink=lambda *_: None)
+    assert shard_paths(out, 0)["log"].read_text().count("models loaded") == 1
+    assert len(complete_records(shard_paths(out, 0)["records"])) == 3  # the pages before it
+    faulty()
+    summary = run_all(out, prepare_run(plan.config))
+    assert summary.pages_ok == 6 and summary.pages_skipped == 3
 
 
 def test_a_page_that_hangs_is_killed_after_page_timeout_and_quarantined(faulty, tmp_path):
