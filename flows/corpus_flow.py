@@ -11,6 +11,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from tasks.corpus import ChunkRun, CorpusConfig, CorpusSummary
 from tasks.corpus_tasks import plan_chunks, reduce_chunks, run_chunk
 from tasks.lock import hold_run_dir
+from tasks.ocr_tasks import publish_outputs
 
 
 class CorpusInvalid(RuntimeError):
@@ -31,6 +32,8 @@ def corpus_run(config: CorpusConfig) -> CorpusSummary:
                 ChunkRun(chunk=spec.chunk, state="ERROR", error=f"its task failed: {future.state.message}")
                 for spec, future in zip(plan.chunks, futures)}
         summary = reduce_chunks(plan, runs, time.monotonic() - started)
+        if summary.valid and config.job.publish_to:
+            publish_outputs(Path(config.job.output_dir), config.job.publish_to)
     if not summary.valid:
         raise CorpusInvalid(summary.verdict())
     return summary
