@@ -7,13 +7,15 @@ environment and config (AWS_* and ~/.aws, GOOGLE_APPLICATION_CREDENTIALS, ...).
 
 What a URL has instead of `os.stat`: the size and modification time its listing gives
 (`object_stat`), and what it has instead of `open`: its whole bytes in one GET (`read_object`),
-kept for the last few objects so that hashing a page's object after decoding it costs no second GET.
+kept in a worker for the last few objects so that hashing a page's object after decoding it costs no
+second GET.
 Plain module: never imports Prefect.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime
 import functools
 import hashlib
@@ -22,7 +24,7 @@ import posixpath
 import re
 import stat
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlparse
 
@@ -81,16 +83,33 @@ def full_url(fs: AbstractFileSystem, path: str) -> str:
 
 
 def object_stat(info: dict) -> Stat:
-    """Size and mtime from an fsspec listing or `info`: S3 `LastModified`, GCS `updated`, Azure `last_modified`."""
+    """Size and mtime from an fsspec listing or `info` (S3 `LastModified`, GCS `updated`, Azure `last_modified`).
+
+    Stores give whole seconds (S3, Azure) or milliseconds (GCS), so an object rewritten within one with
+    the same size would look unchanged: its version tag (ETag, generation), hashed into the digits below
+    a millisecond, tells the two apart. The result identifies a version; it is not a precise time.
+    """
+    mtime_ns = _mtime_ns(info)
+    version = next((str(info[key]) for key in _VERSION_KEYS if info.get(key)), None)
+    if version and mtime_ns:
+        tag = int.from_bytes(hashlib.sha256(version.encode()).digest()[:8], "big") % 1_000_000
+        mtime_ns = mtime_ns // 1_000_000 * 1_000_000 + tag
+    return int(info.get("size") or 0), mtime_ns
+
+
+_VERSION_KEYS = ("ETag", "etag", "generation", "md5Hash", "version_id")
+
+
+def _mtime_ns(info: dict) -> int:
     for key in ("mtime", "LastModified", "last_modified", "updated", "modified", "created"):
         value = info.get(key)
         if isinstance(value, str):
             value = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
         if isinstance(value, datetime.datetime):
-            return int(info.get("size") or 0), int(value.timestamp() * 1_000_000) * 1000
+            return int(value.timestamp() * 1_000_000) * 1000
         if isinstance(value, (int, float)) and value:
-            return int(info.get("size") or 0), int(value * 1_000_000_000)
-    return int(info.get("size") or 0), 0
+            return int(value * 1_000_000_000)
+    return 0
 
 
 def stat_sources(sources: Iterable[str], threads: int = 16) -> dict[str, Stat | None]:
@@ -149,6 +168,25 @@ def _listed(folder: str, urls: list[str]) -> dict[str, Stat | None]:
 
 _recent: collections.OrderedDict[str, bytes] = collections.OrderedDict()
 _recent_lock = threading.Lock()
+_remembering = 0
+
+
+@contextlib.contextmanager
+def remembering_objects() -> Iterator[None]:
+    """While inside, the last few objects read stay in memory: a worker hashes a page's object after decoding it.
+
+    Only there: a planner, or any long-lived process, must see an object rewritten since, not a copy.
+    """
+    global _remembering
+    with _recent_lock:
+        _remembering += 1
+    try:
+        yield
+    finally:
+        with _recent_lock:
+            _remembering -= 1
+            if not _remembering:
+                _recent.clear()
 
 
 def read_object(url: str) -> bytes:
@@ -160,9 +198,10 @@ def read_object(url: str) -> bytes:
     fs, path = split_url(url)
     data = fs.cat_file(path)
     with _recent_lock:
-        _recent[url] = data
-        while len(_recent) > _RECENT:
-            _recent.popitem(last=False)
+        if _remembering:
+            _recent[url] = data
+            while len(_recent) > _RECENT:
+                _recent.popitem(last=False)
     return data
 
 
