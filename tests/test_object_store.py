@@ -203,3 +203,50 @@ def test_publishing_to_an_object_store_puts_whole_objects_with_summary_json_last
     assert not any(marker_there for _, marker_there in order)  # absent while the outputs change
     assert fs.cat_file(storage.split_url(f"{bucket}/ocr/text/s3/b/a.png.txt")[1]) == b"alpha\n"
     assert is_published(run_dir, f"{bucket}/ocr")
+
+
+def published_records(results: bytes) -> dict[tuple[str, int], tuple]:
+    """What OCR found, per page, from a published results.jsonl, with sources made relative to the inputs."""
+    records = [PageRecord.model_validate_json(line) for line in results.decode().splitlines()]
+    return {(r.source.rsplit("/scans/", 1)[1], r.page): (r.status, r.text, r.lines, r.error) for r in records}
+
+
+def test_the_cli_reads_s3_inputs_and_publishes_to_s3_what_a_local_run_publishes_to_a_folder(bucket, word_pages,
+                                                                                            tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.test_end_to_end import squeeze
+
+    local = tmp_path / "scans"
+    shutil.copytree(word_pages, local)
+    write_pdf(local / "ledger.pdf", [["Okafor ledger 42"], ["Pallet wrap"]], size=(400, 150), font_pt=28)
+    upload(local, f"{bucket}/scans")
+    cli = [sys.executable, "-m", "tasks.cli", "run", f"{bucket}/scans/", "--output", str(tmp_path / "s3run"),
+           "--devices", "cpu:1", "--publish-to", f"{bucket}/published"]
+    done = subprocess.run(cli, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"published: {bucket}/published" in done.stdout
+
+    # The same pages from a folder, through the same workers, published to a file:// URL.
+    config = load_config(None, inputs=[str(local)], output_dir=str(tmp_path / "local"), devices="cpu:1")
+    for spec in prepare_run(config).shards:
+        run_worker(tmp_path / "local", spec, sink=lambda *_: None)
+    assert reduce_run(tmp_path / "local").valid
+    publish(tmp_path / "local", f"file://{tmp_path / 'pub'}")
+
+    fs, name = s3(), storage.split_url(bucket)[1]
+    from_s3 = published_records(fs.cat_file(f"{name}/published/results.jsonl"))
+    from_folder = published_records((tmp_path / "pub" / "results.jsonl").read_bytes())
+    assert from_s3 == from_folder and len(from_s3) == 6
+    assert squeeze("Invoice 4821") in squeeze(from_s3[("alpha.png", 0)][1])
+    assert squeeze("Okafor ledger") in squeeze(from_s3[("ledger.pdf", 0)][1])
+    assert fs.cat_file(f"{name}/published/text/s3/{name}/scans/alpha.png.txt").decode().strip() == \
+        from_s3[("alpha.png", 0)][1]
+    assert fs.cat_file(f"{name}/published/summary.json") == (tmp_path / "s3run" / "summary.json").read_bytes()
+    assert (tmp_path / "pub" / "summary.json").read_bytes() == (tmp_path / "local" / "summary.json").read_bytes()
+
+    again = subprocess.run(cli, capture_output=True, text=True)  # nothing changed in the bucket: nothing to do
+    assert again.returncode == 0 and "nothing to do: all 6 pages" in again.stdout, again.stderr[-3000:]
+
