@@ -15,7 +15,7 @@ from tasks.config import load_config
 from tasks.inputs import InputError, collect_pages
 from tasks.launch import run_worker
 from tasks.pages import PageError, PageReader
-from tasks.planning import prepare_run
+from tasks.planning import failed_pages, prepare_run
 from tasks.publish import is_published, publish
 from tasks.records import PageRecord, read_jsonl
 from tasks.summary import reduce_run
@@ -116,6 +116,12 @@ def test_workers_read_s3_pages_and_a_vanished_object_fails_as_file_vanished(buck
     assert (records[("w102.png", 0)].error_class, records[("empty.png", 0)].error_class) == ("FileVanished",
                                                                                              "EmptyFile")
     assert records[("w101.png", 0)].sha256 == hashlib.sha256((folder / "w101.png").read_bytes()).hexdigest()
+
+    upload(folder, f"{bucket}/in")  # the vanished object is back: reprocessing sees it as it is now
+    redo = load_config(None, output_dir=str(tmp_path / "redo"), derived_from=str(tmp_path / "out"), only_failed=True)
+    now = {page.source.rsplit("/", 1)[1]: page for page in failed_pages(redo)}
+    assert sorted(now) == ["empty.png", "w102.png"] and now["empty.png"].size == 0
+    assert now["w102.png"].size == (folder / "w102.png").stat().st_size and now["w102.png"].mtime_ns > 0
 
 
 @pytest.mark.parametrize("raised, error_class", [(PermissionError("AccessDenied"), "PermissionDenied"),
