@@ -82,7 +82,12 @@ def collect_remote(inputs: Sequence[str], local: Callable[[list[str]], list[Page
     wanted: dict[str, _Wanted] = {}
     problems: list[str] = []
     for spec in (spec for spec, is_remote in zip(inputs, remote) if is_remote):
-        for source, pages, cost, stat, origin in _expand(spec, manifest_path_column, problems):
+        try:
+            named = _expand(spec, manifest_path_column, problems)
+        except PermissionError as exc:
+            raise InputError(f"{spec}: access denied ({exc}); check the credentials this machine uses for the "
+                             "store (docs/scale-out.md, section 7)") from exc
+        for source, pages, cost, stat, origin in named:
             wanted.setdefault(source, _Wanted()).add(pages, cost, stat, origin)
     kept = {source: entry for source, entry in wanted.items() if _selected(source, include_globs, exclude_globs)}
     unknown = [source for source, entry in kept.items() if entry.stat is None]
@@ -247,7 +252,7 @@ def _cost(value: object) -> float | None:
 def _page_refs(kept: dict[str, _Wanted], dpi: int) -> list[PageRef]:
     """Each wanted source's pages with costs; multi-page documents without given pages are read to count them."""
     unknown = [source for source, entry in kept.items()
-               if entry.pages is None and _suffix(source) in MULTI_PAGE_SUFFIXES and None not in entry.costs]
+               if entry.pages is None and _suffix(source) in MULTI_PAGE_SUFFIXES]
     probed = dict(zip(unknown, _probe_all(unknown, dpi)))
     refs = []
     for source, entry in kept.items():

@@ -67,13 +67,14 @@ def check_protocol(url: str) -> None:
 
 def split_url(url: str) -> tuple[AbstractFileSystem, str]:
     """The file system of the URL's scheme and the URL's path inside it (`bucket/key` for S3)."""
-    fs = _filesystem(url.split("://", 1)[0].lower())
+    fs = _filesystem(url.split("://", 1)[0].lower(), os.getpid())
     return fs, fs._strip_protocol(url)
 
 
 @functools.lru_cache(maxsize=None)
-def _filesystem(scheme: str) -> AbstractFileSystem:
-    # One instance per scheme and process (fsspec caches them too); options come from fsspec's config.
+def _filesystem(scheme: str, pid: int) -> AbstractFileSystem:
+    # One instance per scheme and process, as fsspec's own cache (which a forked child must not share) gives,
+    # without its cost per call; options come from fsspec's config.
     return fsspec.filesystem(scheme)
 
 
@@ -104,7 +105,10 @@ def _mtime_ns(info: dict) -> int:
     for key in ("mtime", "LastModified", "last_modified", "updated", "modified", "created"):
         value = info.get(key)
         if isinstance(value, str):
-            value = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+            try:
+                value = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                continue
         if isinstance(value, datetime.datetime):
             return int(value.timestamp() * 1_000_000) * 1000
         if isinstance(value, (int, float)) and value:

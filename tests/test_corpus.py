@@ -237,7 +237,8 @@ def test_a_corpus_over_two_machines_completes_exactly_once_when_one_dies_mid_chu
         lines = [f"Corpus page {number}", f"Ledger {number * 7} entries", "Harbor freight dock", "Friday batch"]
         draw_page(shared / "scans" / f"page-{number:02d}.png", lines, size=(1000, 620))
     config = CorpusConfig.model_validate({
-        "job": {"inputs": [f"file://{shared}/scans"], "output_dir": f"file://{shared}/corpus"},
+        "job": {"inputs": [f"file://{shared}/scans"], "output_dir": f"file://{shared}/corpus",
+                "publish_to": f"file://{tmp_path}/published"},
         "chunks": 4, "chunk_stall_s": 20, "poll_s": 1})
     home = tmp_path / "prefect"
     with contextlib.ExitStack() as stack:
@@ -267,6 +268,11 @@ def test_a_corpus_over_two_machines_completes_exactly_once_when_one_dies_mid_chu
     out = shared / "corpus"
     assert summary.valid and summary.pages_planned == summary.pages_ok == single.pages_ok == 12
     assert texts(out / "results.jsonl") == texts(tmp_path / "single" / "results.jsonl")  # exactly once, same text
+    published = tmp_path / "published"  # the corpus outputs, once, summary last; never a chunk's
+    assert (published / "results.jsonl").read_bytes() == (out / "results.jsonl").read_bytes()
+    assert (published / "summary.json").read_bytes() == (out / "summary.json").read_bytes()
+    assert sorted(path.name for path in published.iterdir()) == ["failures.jsonl", "results.jsonl", "results.parquet",
+                                                                "summary.json", "text"]
     assert parents == {corpus_flow_run}  # every chunk attempt is a subflow of the corpus run
     killed_dir, written = killer.killed
     [killed] = [chunk for chunk in summary.chunks if Path(chunk.output_dir) == killed_dir]

@@ -68,6 +68,9 @@ def test_an_s3_prefix_lists_like_a_folder_with_sizes_mtimes_and_pdf_pages(bucket
     assert [page.page for page in collect_pages([f"{bucket}/scans/doc.pdf[2-3]"])] == [1, 2]
     kept = collect_pages([f"{bucket}/scans/"], include_globs=["*.pdf", "*.png"], exclude_globs=[f"{bucket}/*/a.*"])
     assert {page.source for page in kept} == {f"{bucket}/scans/doc.pdf"}
+    costed = tmp_path / "costed.jsonl"  # a cost but no pages: the document is still read for its page count
+    costed.write_text(json.dumps({"path": f"{bucket}/scans/doc.pdf", "cost": 9}) + "\n")
+    assert [(page.page, page.cost) for page in collect_pages([str(costed)])] == [(0, 9.0), (1, 9.0), (2, 9.0)]
     mixed = collect_pages([f"{bucket}/scans/a.png", str(local / "sub")])  # a URL and a local folder together
     assert [page.source for page in mixed] == [str(local / "sub" / "b.jpg"), f"{bucket}/scans/a.png"]
     with pytest.raises(InputError, match="no such object or prefix"):
