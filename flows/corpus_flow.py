@@ -12,6 +12,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from tasks.corpus import ChunkPlan, ChunkRun, CorpusConfig, CorpusSummary
 from tasks.corpus_tasks import cancel_chunk_runs, plan_chunks, reduce_chunks, run_chunk
 from tasks.lock import hold_run_dir
+from tasks.ocr_tasks import publish_outputs
 from tasks.reporting import ProgressReporter, publish_corpus_summary
 
 
@@ -50,6 +51,8 @@ def corpus_run(config: CorpusConfig) -> CorpusSummary:
                 for spec, future in zip(plan.chunks, futures)}
         summary = reduce_chunks(plan, runs, time.monotonic() - started)
         progress.finish(summary.pages_ok + summary.pages_failed)
+        if summary.valid and config.job.publish_to:
+            publish_outputs(Path(config.job.output_dir), config.job.publish_to)
     publish_corpus_summary(summary)
     if not summary.valid:
         raise CorpusInvalid(summary.verdict())

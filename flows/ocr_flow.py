@@ -1,4 +1,4 @@
-"""The ocrfleet flow: plan -> one worker per shard, concurrently -> reduce."""
+"""The ocrfleet flow: plan -> one worker per shard, concurrently -> reduce -> publish (when asked)."""
 
 import time
 from pathlib import Path
@@ -10,7 +10,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks.config import JobConfig
 from tasks.lock import hold_devices, hold_run_dir
-from tasks.ocr_tasks import plan_run, reduce_shards, run_shard
+from tasks.ocr_tasks import plan_run, publish_outputs, reduce_shards, run_shard
 from tasks.reporting import ProgressReporter, publish_summary
 from tasks.summary import RunSummary
 
@@ -39,6 +39,8 @@ def ocr_run(config: JobConfig) -> RunSummary:
             if not future.state.is_completed()
         }
         summary = reduce_shards(run_dir, shard_errors, time.monotonic() - started)
+        if summary.valid and config.publish_to:
+            publish_outputs(run_dir, config.publish_to)
     progress.finish(sum(shard.records for shard in summary.shards))
     publish_summary(summary, plan)
     if not summary.valid:

@@ -21,6 +21,8 @@ from tasks.inputs import InputError
 from tasks.lock import RunDirBusy, check_run_dir, hold_run_dir
 from tasks.placement import place
 from tasks.progress import ProgressBar
+from tasks.publish import is_published, publish
+from tasks.storage import is_url
 from tasks.summary import up_to_date
 
 _EXPECTED = (ConfigError, DeviceError, InputError, RunDirBusy)
@@ -28,7 +30,8 @@ _EXPECTED = (ConfigError, DeviceError, InputError, RunDirBusy)
 
 def _job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="*", help="image/PDF/TIFF files, directories, glob patterns or manifests")
-    parser.add_argument("--output", "-o", dest="output_dir", type=Path, help="run directory")
+    parser.add_argument("--output", "-o", dest="output_dir", type=Path, help="run directory (local disk or NFS)")
+    parser.add_argument("--publish-to", help="after a valid run, copy its outputs to this path or URL (s3://...)")
     parser.add_argument("--config", "-c", type=Path, help="YAML config (see configs/default.yaml)")
     parser.add_argument("--devices", help="auto, gpu, gpu:0,2,3, cpu or cpu:N")
     parser.add_argument("--workers-per-device", type=int, help="shards (worker processes) per device")
@@ -42,6 +45,7 @@ def _config(args: argparse.Namespace) -> JobConfig:
         args.config, inputs=tuple(args.inputs) or None, output_dir=args.output_dir, devices=args.devices,
         workers_per_device=args.workers_per_device, engine=args.engine,
         max_failure_rate=args.max_failure_rate, threads_per_worker=args.threads_per_worker,
+        publish_to=args.publish_to,
     )
 
 
@@ -50,6 +54,8 @@ def _preflight(config: JobConfig) -> None:
     from tasks.planning import place_for
 
     for spec in () if config.only_failed else config.inputs:
+        if is_url(spec):
+            continue  # listed through fsspec while planning, in the flow
         if not (Path(spec).expanduser().exists() or next(glob.iglob(str(Path(spec).expanduser()), recursive=True),
                                                          None)):
             raise InputError(f"{spec}: no such file or directory, and no file matches it as a glob pattern")
@@ -65,6 +71,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if finished is not None:  # nothing new since the last run: no Prefect run, no model load
         print(f"ocrfleet: nothing to do: all {finished.pages_planned} pages are done already "
               f"(results: {Path(config.output_dir) / 'results.jsonl'})")
+        if finished.valid and config.publish_to and not is_published(Path(config.output_dir), config.publish_to):
+            publish(Path(config.output_dir), config.publish_to)  # the last run's publish failed or was undone
+            print(f"ocrfleet: published to {config.publish_to}")
         print(f"ocrfleet: {finished.verdict()}")
         return 0 if finished.valid else 1
     from flows.ocr_flow import ocr_run  # Prefect is imported only by commands that run a flow
@@ -74,6 +83,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_dir = Path(config.output_dir)
     if state.is_completed():
         print(f"\nresults: {run_dir / 'results.jsonl'}\nsummary: {run_dir / 'summary.json'}")
+        if config.publish_to:
+            print(f"published: {config.publish_to}")
         print(f"ocrfleet: {state.result().verdict()}")
         return 0
     error = state.result(raise_on_failure=False)
@@ -94,12 +105,13 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
         earlier = read_plan(args.run_dir).config
     except OSError as exc:
         raise InputError(f"{args.run_dir}: not an ocrfleet run dir (no readable run.json: {exc})") from exc
-    data = earlier.model_dump(mode="json", exclude={"derived_from", "only_failed", "only_error_classes"})
+    # Not publish_to: the new run holds only the redone pages, and would replace the earlier run's outputs there.
+    data = earlier.model_dump(mode="json", exclude={"derived_from", "only_failed", "only_error_classes", "publish_to"})
     overrides = {
         "inputs": tuple(args.inputs) or None, "output_dir": args.output_dir, "devices": args.devices,
         "workers_per_device": args.workers_per_device, "engine": args.engine,
         "max_failure_rate": args.max_failure_rate, "threads_per_worker": args.threads_per_worker,
-        "include_globs": tuple(args.include) or None, "derived_from": str(args.run_dir),
+        "publish_to": args.publish_to, "include_globs": tuple(args.include) or None, "derived_from": str(args.run_dir),
         "only_failed": args.failed or bool(args.error_class), "only_error_classes": tuple(args.error_class),
     }
     if args.config:  # its keys override the earlier run's settings; flags override both

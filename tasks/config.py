@@ -8,6 +8,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tasks.storage import check_protocol, is_url, local_path
+
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the offending key."""
@@ -21,9 +23,15 @@ class JobConfig(BaseModel):
     inputs: tuple[str, ...] = Field(
         (), description="Image, PDF and TIFF files (a page range as `scan.pdf[1-5,8]`, 1-based), directories "
         "(searched recursively), glob patterns, or manifests (.txt/.csv/.jsonl with a path column and optional "
-        "pages/cost). Required unless only_failed is set.",
+        "pages/cost); any of them may be an fsspec URL (s3://bucket/scans/, gs://...; file:// is a path). "
+        "Required unless only_failed is set.",
     )
-    output_dir: Path = Field(..., description="Run directory: plan, records, results, summary.")
+    output_dir: Path = Field(..., description="Run directory: plan, records, results, summary. A POSIX path "
+                             "(local disk or NFS), never an object store: see publish_to.")
+    publish_to: str | None = Field(
+        None, description="After a valid run, copy its outputs (results, failures, parquet, text/, pages/, vis/; "
+        "summary.json last) to this path or fsspec URL (s3://bucket/ocr/run1, file:///nfs/results).",
+    )
     include_globs: tuple[str, ...] = Field(
         (), description="Only inputs whose path matches one of these globs (all when empty)."
     )
@@ -106,7 +114,35 @@ class JobConfig(BaseModel):
             raise ValueError("inputs: give at least one file, directory, glob or manifest")
         if self.derived_from is not None and Path(self.derived_from).absolute() == Path(self.output_dir).absolute():
             raise ValueError("output_dir: a reprocessing run writes to a new output dir, not to derived_from")
+        if self.publish_to and not is_url(self.publish_to):
+            target, run_dir = Path(local_path(self.publish_to)).absolute(), Path(self.output_dir).absolute()
+            if target == run_dir or run_dir in target.parents or target in run_dir.parents:
+                raise ValueError("publish_to: a folder apart from output_dir (neither inside the other)")
         return self
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs_located(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            if is_url(item):
+                check_protocol(item)
+        return tuple(local_path(item) for item in value)
+
+    @field_validator("output_dir", mode="before")
+    @classmethod
+    def _output_dir_posix(cls, value: Any) -> Any:
+        if isinstance(value, str) and is_url(value):
+            raise ValueError(f"{value} is not a POSIX file system: a run dir needs appends, atomic renames and "
+                             "file locks (local disk or NFS); give a local or NFS path, and publish_to: "
+                             f"{value} to copy the finished outputs there (docs/scale-out.md, section 7)")
+        return local_path(value) if isinstance(value, str) else value
+
+    @field_validator("publish_to")
+    @classmethod
+    def _publish_to_located(cls, value: str | None) -> str | None:
+        if value and is_url(value):
+            check_protocol(value)
+        return value
 
     @field_validator("devices")
     @classmethod

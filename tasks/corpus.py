@@ -1,6 +1,7 @@
 """Corpus: one job split into chunks, each an ordinary ocrfleet run on whichever machine picks it up.
 
-A corpus run plans once, on shared storage every machine sees (NFS; the same path everywhere):
+A corpus run plans once, on shared storage every machine sees (NFS; the same path everywhere; inputs
+may be object-store URLs instead, which every machine reads through fsspec):
 
 ```
 OUT/corpus.json                     the corpus plan: the job, every chunk's pages and cost
@@ -22,7 +23,6 @@ import json
 import os
 from pathlib import Path
 from typing import ClassVar
-from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -34,26 +34,6 @@ from tasks.records import PageRecord, PageRef, ShardReport, complete_lines, writ
 from tasks.summary import Totals, reconcile_lines
 
 CORPUS_PLAN = "corpus.json"
-_OBJECT_STORES = ("s3", "gs", "gcs", "az", "abfs", "abfss", "http", "https")
-
-
-class CorpusError(ValueError):
-    """A corpus setting that cannot be used; the message says what to do instead."""
-
-
-def local_path(location: str) -> str:
-    """A `file://` URL as a plain path (other strings unchanged); object-store URLs are refused, saying why."""
-    parsed = urlparse(location)
-    if parsed.scheme == "file":
-        if parsed.netloc not in ("", "localhost"):
-            raise CorpusError(f"{location}: file:// URLs name a path on this machine; drop the host "
-                              f"{parsed.netloc!r} and mount the share at the same path on every machine")
-        return parsed.path
-    if parsed.scheme in _OBJECT_STORES:
-        raise CorpusError(f"{location}: object stores are not read or written directly (runs need rename and "
-                          "file locks); mount the bucket (s3fs, gcsfuse) or stage it onto NFS and give that path "
-                          "- see docs/scale-out.md")
-    return location
 
 
 class CorpusConfig(BaseModel):
@@ -62,8 +42,10 @@ class CorpusConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     job: JobConfig = Field(..., description="The ocrfleet job settings every chunk runs with. inputs and output_dir "
-                           "are the whole corpus, on storage every machine sees at the same path (file:// URLs "
-                           "accepted); devices 'auto' lets each machine use its own OCRFLEET_DEVICES.")
+                           "are the whole corpus: inputs on storage every machine sees at the same path or at "
+                           "object-store URLs, output_dir on a shared POSIX file system (NFS; file:// URLs "
+                           "accepted); publish_to copies the corpus outputs on; devices 'auto' lets each machine "
+                           "use its own OCRFLEET_DEVICES.")
     deployment: str = Field("ocrfleet/adhoc", description="The single-box deployment each chunk runs as.")
     chunks: int = Field(16, ge=1, le=100_000, description="How many chunks: about 4 per machine (16 suits 4 "
                         "machines), so a slow machine takes fewer chunks instead of setting the pace.")
@@ -72,17 +54,6 @@ class CorpusConfig(BaseModel):
                                  "page_timeout_s plus a model load.")
     chunk_attempts: int = Field(3, ge=1, le=20, description="Starts of one chunk before the corpus run gives up.")
     poll_s: float = Field(5.0, gt=0, description="Seconds between looks at each chunk run's state.")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _local_paths(cls, data: object) -> object:
-        job = data.get("job") if isinstance(data, dict) else None
-        if isinstance(job, dict):
-            inputs = [local_path(str(item)) for item in job.get("inputs", ())]
-            output = job.get("output_dir")
-            data = {**data, "job": {**job, "inputs": inputs,
-                                    **({"output_dir": local_path(str(output))} if output is not None else {})}}
-        return data
 
     @model_validator(mode="after")
     def _whole_corpus(self) -> CorpusConfig:
@@ -163,10 +134,11 @@ def chunk_job(config: CorpusConfig, spec: ChunkPlan) -> dict:
     """The `config` parameter of chunk `spec`'s run, as JSON.
 
     Page failures are judged over the whole corpus, so a chunk never fails for them
-    (max_failure_rate 1); the corpus writes the outputs (parquet, text) once, from every record.
+    (max_failure_rate 1); the corpus writes the outputs (parquet, text) once, from every record, and
+    publishes them.
     """
     job = config.job.model_copy(update={"inputs": (spec.manifest,), "output_dir": Path(spec.output_dir),
-                                        "max_failure_rate": 1.0, "outputs": ()})
+                                        "max_failure_rate": 1.0, "outputs": (), "publish_to": None})
     return job.model_dump(mode="json", exclude_defaults=True)
 
 

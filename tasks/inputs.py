@@ -9,7 +9,9 @@ What an input may be:
 - a manifest named directly: `.txt` (one path per line, `#` comments, the same `[range]` suffix),
   `.csv` (a header row; the path column is `manifest_path_column`, optional `pages` and `cost`
   columns) or `.jsonl` (one object per line with the same keys). Relative paths are relative to
-  the manifest's folder. Every bad row is reported at once (up to ten of them), naming file and line.
+  the manifest's folder. Every bad row is reported at once (up to ten of them), naming file and line;
+- a URL (`s3://bucket/scans/`, a glob, an object, a manifest), or a manifest naming URLs: listed
+  through fsspec by `tasks.remote_inputs`, with the same meanings.
 
 A page's cost is its pixel count: from the PDF page size at `dpi`, from each TIFF frame's header, or
 from a plain image's header. Reading headers costs ~30-70 us a file, so above `PROBE_LIMIT` plain
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import fnmatch
+import functools
 import glob
 import json
 import os
@@ -81,6 +84,13 @@ class InputError(ValueError):
 def collect_pages(inputs: Sequence[str], *, dpi: int = 100, include_globs: Sequence[str] = (),
                   exclude_globs: Sequence[str] = (), manifest_path_column: str = "path") -> list[PageRef]:
     """Every page named by `inputs`, sorted by (source, page) and de-duplicated, with its cost."""
+    from tasks.remote_inputs import collect_remote, names_remote  # it imports this module
+
+    if any(map(names_remote, inputs)):  # URLs, and manifests naming them, are listed through fsspec
+        local = functools.partial(collect_pages, dpi=dpi, include_globs=include_globs, exclude_globs=exclude_globs,
+                                  manifest_path_column=manifest_path_column)
+        return collect_remote(inputs, local, dpi=dpi, include_globs=include_globs, exclude_globs=exclude_globs,
+                              manifest_path_column=manifest_path_column)
     wanted: dict[str, _Wanted] = {}
     problems: list[str] = []
     for spec in inputs:

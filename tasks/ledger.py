@@ -17,11 +17,12 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from tasks.records import PageRef, RecordIdentity, complete_lines
+from tasks.storage import is_url, url_sha256
 
 CARRIED = "carried.jsonl"
 
 # Failures caused by the machine rather than the file: planned again, never reused.
-TRANSIENT = frozenset({"FileVanished", "PermissionDenied"})
+TRANSIENT = frozenset({"FileVanished", "PermissionDenied", "StorageUnavailable"})
 
 Key = tuple[str, int]
 
@@ -78,7 +79,9 @@ def reusable(record: RecordIdentity, page: PageRef, settings: str, hasher: Calla
 
 
 def file_sha256(path: str) -> str | None:
-    """The hex SHA-256 of a file's bytes; None when it cannot be read (the worker will say why)."""
+    """The hex SHA-256 of a file's or a URL's bytes; None when it cannot be read (the worker will say why)."""
+    if is_url(path):
+        return url_sha256(path)
     digest = hashlib.sha256()
     try:
         with open(path, "rb") as handle:

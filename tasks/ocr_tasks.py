@@ -1,4 +1,4 @@
-"""Thin Prefect tasks over the plain modules: plan, run one shard, reduce."""
+"""Thin Prefect tasks over the plain modules: plan, run one shard, reduce, publish."""
 
 from pathlib import Path
 
@@ -8,6 +8,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.config import JobConfig
 from tasks.launch import NotRetryable, reset_run, run_worker
 from tasks.planning import Plan, ShardPlan, place_for, prepare_run, shard_paths
+from tasks.publish import publish
 from tasks.reporting import ProgressReporter
 from tasks.summary import RunSummary, reduce_run
 
@@ -56,3 +57,11 @@ def reduce_shards(run_dir: Path, shard_errors: dict[int, str], wall_s: float) ->
     logger = get_run_logger()
     logger.info("%s; results in %s", summary.verdict(), run_dir / "results.jsonl")
     return summary
+
+
+@task(name="publish", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)
+def publish_outputs(run_dir: Path, target: str) -> None:
+    """Copy the finished outputs of `run_dir` to `target` (publish_to), summary.json last."""
+    published = publish(run_dir, target)
+    get_run_logger().info("published %d files (%.1f MB) to %s; %d stale file(s) removed there", published.files,
+                          published.bytes / 1e6, target, published.removed)

@@ -6,7 +6,8 @@
 - `vis/`: a sample of ok pages with their line boxes drawn.
 
 Files under `pages/`, `text/` and `vis/` mirror each source's absolute path (`/data/a.pdf` page 2 ->
-`pages/data/a.pdf.p00002.json`), so names are unique and stable whatever else the run holds. Every
+`pages/data/a.pdf.p00002.json`; `s3://bucket/a.pdf` -> `pages/s3/bucket/a.pdf.p00002.json`), so names
+are unique and stable whatever else the run holds. Every
 file is written beside its target and renamed; a file whose bytes would not change is left alone, and
 files no record accounts for any more are removed. The same records give byte-identical files.
 """
@@ -27,6 +28,7 @@ from PIL import Image, ImageDraw
 
 from tasks.pages import PageError, load_page
 from tasks.records import PageRecord
+from tasks.storage import is_url
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +56,17 @@ def write_outputs(run_dir: Path, records: Sequence[PageRecord], kinds: Collectio
 
 
 def mirrored(source: str, suffix: str) -> Path:
-    """Where a source's output goes inside an output folder: its absolute path, plus `suffix`."""
-    folder, name = os.path.split(os.path.abspath(source))
+    """Where a source's output goes inside an output folder: its absolute path, plus `suffix`.
+
+    A URL's goes under its scheme: `s3://bucket/a.pdf` -> `s3/bucket/a.pdf...`.
+    """
+    if is_url(source):
+        scheme, path = source.split("://", 1)
+        # Keys may hold `..` or empty segments: none may climb out of the output folder.
+        parts = [scheme] + [part if part != ".." else "__" for part in path.split("/") if part not in ("", ".")]
+        folder, name = "/".join(parts[:-1]), parts[-1]
+    else:
+        folder, name = os.path.split(os.path.abspath(source))
     name += suffix
     if len(os.fsencode(name)) > _MAX_NAME:  # keep it a legal name, still unique by the full name's hash
         name = f"{name[:80]}-{hashlib.sha256(os.fsencode(name)).hexdigest()[:16]}{suffix}"

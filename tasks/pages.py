@@ -3,12 +3,16 @@
 Pages are what `PageRef.page` counts: the frames of a TIFF and the pages of a PDF. The frames of an
 animated GIF, WebP or PNG are not pages (they are animation), so only frame 0 is read and page 1 of
 such a file is `PageOutOfRange`. A file is a PDF by its content (`%PDF` near the start), any other
-file is whatever Pillow recognizes by content, whatever its name says.
+file is whatever Pillow recognizes by content, whatever its name says. A source that is a URL
+(`tasks.storage`) is read whole in one GET and decoded from memory; the store's errors become the
+same classes as a file's (`FileVanished`, `PermissionDenied`, `NotAFile`, `EmptyFile`), or
+`StorageUnavailable` when the store could not be asked (network, credentials, throttling).
 """
 
 from __future__ import annotations
 
 import errno
+import io
 import os
 import threading
 from collections.abc import Iterator
@@ -18,6 +22,8 @@ from typing import BinaryIO
 import numpy as np
 import pypdfium2 as pdfium
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from tasks.storage import is_url, read_object
 
 MIN_SIDE = 2  # a page narrower than this cannot hold a line of text
 _PDF_SNIFF = 1024  # PDF readers accept the %PDF header anywhere in the first KiB
@@ -47,22 +53,36 @@ def document_pages(path: str, *, dpi: int) -> list[tuple[int, float]]:
 def probe_pages(path: str, *, dpi: int) -> list[tuple[int, float]] | None:
     """Like `document_pages`, but None for a file that cannot be read (the worker will say why)."""
     try:
+        if is_url(path):
+            return probe_data(_fetch(path), path, dpi=dpi)
         _check_file(path)
         with open(path, "rb") as handle:
-            if _is_pdf(handle):
-                with _open_pdf(path) as pdf:
-                    scale = (dpi / 72) ** 2
-                    return [(index, _pdf_area(pdf, index) * scale) for index in range(len(pdf))]
-            with _pillow_open(handle, path) as image:
-                if image.format != "TIFF":
-                    return [(0, float(image.width * image.height))]
-                costs = []
-                for index in range(getattr(image, "n_frames", 1)):
-                    image.seek(index)
-                    costs.append((index, float(image.width * image.height)))
-                return costs
+            return _probe(handle, path, path, dpi)
     except (PageError, OSError, ValueError, EOFError, SyntaxError, pdfium.PdfiumError):
         return None
+
+
+def probe_data(data: bytes, name: str, *, dpi: int) -> list[tuple[int, float]] | None:
+    """`probe_pages` of a document already in memory (an object read from a store); `name` is for messages."""
+    try:
+        return _probe(io.BytesIO(data), data, name, dpi) if data else None
+    except (PageError, OSError, ValueError, EOFError, SyntaxError, pdfium.PdfiumError):
+        return None
+
+
+def _probe(handle: BinaryIO, document: str | bytes, name: str, dpi: int) -> list[tuple[int, float]]:
+    if _is_pdf(handle):
+        with _open_pdf(document, name) as pdf:
+            scale = (dpi / 72) ** 2
+            return [(index, _pdf_area(pdf, index) * scale) for index in range(len(pdf))]
+    with _pillow_open(handle, name) as image:
+        if image.format != "TIFF":
+            return [(0, float(image.width * image.height))]
+        costs = []
+        for index in range(getattr(image, "n_frames", 1)):
+            image.seek(index)
+            costs.append((index, float(image.width * image.height)))
+        return costs
 
 
 class PageReader:
@@ -89,6 +109,8 @@ class PageReader:
         """Page `page` of `source` as BGR uint8, HxWx3, C-contiguous; a `PageError` says why not."""
         if page < 0:
             raise PageError("PageOutOfRange", f"{source}: page {page} does not exist (pages count from 0)")
+        if is_url(source):
+            return self._load_object(source, page)
         stat = _check_file(source)
         try:
             with open(source, "rb") as handle:
@@ -100,10 +122,23 @@ class PageReader:
         except OSError as exc:
             raise _os_error(source, exc) from exc
 
-    def _load_pdf(self, source: str, page: int, key: tuple[str, int, int]) -> np.ndarray:
+    def _load_object(self, source: str, page: int) -> np.ndarray:
+        # Within a shard an object is taken as unchanged: its pages come together, one GET for all of them.
+        key = (source, 0, 0)
+        if key == self._pdf_key:
+            return self._load_pdf(source, page, key)
+        data = _fetch(source)
+        handle = io.BytesIO(data)
+        if _is_pdf(handle):
+            return self._load_pdf(source, page, key, data)
+        if source.lower().endswith(".pdf"):
+            raise PageError("CorruptPdf", f"{source}: named .pdf but holds no PDF header")
+        return self._load_image(handle, source, page)
+
+    def _load_pdf(self, source: str, page: int, key: tuple[str, int, int], data: bytes | None = None) -> np.ndarray:
         if key != self._pdf_key:
             self.close()
-            self._pdf = _open_pdf(source)
+            self._pdf = _open_pdf(source if data is None else data, source)
             self._pdf_key = key
         pdf = self._pdf
         if page >= len(pdf):
@@ -162,6 +197,25 @@ def _check_file(path: str) -> os.stat_result:
     return stat
 
 
+def _fetch(url: str) -> bytes:
+    """The object's bytes, or the `PageError` that says why not."""
+    try:
+        data = read_object(url)
+    except FileNotFoundError as exc:
+        raise PageError("FileVanished", f"{url}: no such object (deleted or renamed after planning)") from exc
+    except PermissionError as exc:
+        raise PageError("PermissionDenied", f"{url}: access denied; give the worker's credentials read "
+                        f"access to it: {exc}") from exc
+    except IsADirectoryError as exc:
+        raise PageError("NotAFile", f"{url}: a folder (prefix), not an object") from exc
+    except Exception as exc:  # botocore, aiohttp, google-auth...: the store could not be asked, not the page
+        raise PageError("StorageUnavailable", f"{url}: the store could not be read: "
+                        f"{type(exc).__name__}: {exc}") from exc
+    if not data:
+        raise PageError("EmptyFile", f"{url}: the object is empty (0 bytes)")
+    return data
+
+
 def _os_error(path: str, exc: OSError) -> PageError:
     if exc.errno == errno.ELOOP:
         return PageError("SymlinkLoop", f"{path}: symbolic links loop; fix the link")
@@ -179,14 +233,15 @@ def _is_pdf(handle: BinaryIO) -> bool:
     return b"%PDF-" in head
 
 
-def _open_pdf(path: str) -> pdfium.PdfDocument:
+def _open_pdf(document: str | bytes, name: str) -> pdfium.PdfDocument:
+    """A PDF from a path or from its bytes; `name` is the source, for messages."""
     try:
-        return pdfium.PdfDocument(path)
+        return pdfium.PdfDocument(document)
     except pdfium.PdfiumError as exc:
         if getattr(exc, "err_code", None) in _PDF_ENCRYPTED:
-            raise PageError("EncryptedPdf", f"{path}: the PDF is encrypted and needs a password; "
+            raise PageError("EncryptedPdf", f"{name}: the PDF is encrypted and needs a password; "
                             "decrypt it first (e.g. qpdf --decrypt)") from exc
-        raise PageError("CorruptPdf", f"{path}: not a readable PDF ({exc})") from exc
+        raise PageError("CorruptPdf", f"{name}: not a readable PDF ({exc})") from exc
 
 
 def _pdf_area(pdf: pdfium.PdfDocument, index: int) -> float:

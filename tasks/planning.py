@@ -20,6 +20,7 @@ from tasks.models import (REC_BATCH, Engine, ModelDirs, bundled_dir, default_cac
                           materialize)
 from tasks.placement import Placement, default_threads, launcher_warning, place, worker_env_overrides
 from tasks.records import PageRecord, PageRef, read_jsonl, write_atomic
+from tasks.storage import Stat, stat_sources
 
 _VERSIONED = ("ocrfleet", "paddleocr", "paddlex", "paddlepaddle", "paddlepaddle-gpu", "onnxruntime",
               "rapidocr-paddle", "rapidocr-onnxruntime")
@@ -97,19 +98,16 @@ def make_plan(config: JobConfig, placement: Placement | None = None) -> Planned:
 
 
 def failed_pages(config: JobConfig) -> list[PageRef]:
-    """Reprocessing: the failed pages of `derived_from` (of the chosen classes), as they are on disk now."""
+    """Reprocessing: the failed pages of `derived_from` (of the chosen classes), as they are in storage now."""
     source_run = Path(config.derived_from)
     failures = source_run / "failures.jsonl"
     if not failures.exists():
         raise InputError(f"{source_run} has no failures.jsonl: not a finished ocrfleet run")
     classes = set(config.only_error_classes)
-    pages = {}
-    for record in read_jsonl(failures, PageRecord):
-        if classes and record.error_class not in classes:
-            continue
-        if not _selected(record.source, config):
-            continue
-        pages[record.key] = _page_now(record.source, record.page)
+    keys = {record.key for record in read_jsonl(failures, PageRecord)
+            if (not classes or record.error_class in classes) and _selected(record.source, config)}
+    now = stat_sources({source for source, _ in keys})  # files stat'ed, objects listed or asked, in one go
+    pages = {(source, page): _page_now(source, page, now[source]) for source, page in keys}
     if not pages:
         which = f" of class {', '.join(sorted(classes))}" if classes else ""
         raise InputError(f"{source_run} has no failed pages{which} to reprocess")
@@ -124,12 +122,11 @@ def _selected(source: str, config: JobConfig) -> bool:
     return included and not excluded
 
 
-def _page_now(source: str, page: int) -> PageRef:
-    try:
-        stat = os.stat(source)
-    except OSError:  # still unreadable: the worker records why, again
+def _page_now(source: str, page: int, stat: Stat | None) -> PageRef:
+    if stat is None:  # still unreadable: the worker records why, again
         return PageRef(source=source, page=page)
-    return PageRef(source=source, page=page, cost=float(stat.st_size), size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+    size, mtime_ns = stat
+    return PageRef(source=source, page=page, cost=float(size), size=size, mtime_ns=mtime_ns)
 
 
 def place_for(config: JobConfig) -> Placement:

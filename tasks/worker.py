@@ -55,6 +55,7 @@ from tasks.nvml import NvmlUnavailable, UtilizationSampler, held_device
 from tasks.pages import PageReader
 from tasks.planning import Plan, ShardPlan, read_manifest, read_plan, shard_paths
 from tasks.records import PageRecord, PageRef, ShardReport, complete_records, write_atomic
+from tasks.storage import remembering_objects
 
 log = logging.getLogger("tasks.worker")
 
@@ -190,7 +191,8 @@ def run_shard(run_dir: Path, shard: int, engine_factory: Callable[..., OcrEngine
     paths["records"].parent.mkdir(parents=True, exist_ok=True)
     reader = _Pages(plan, todo, careful)
     try:
-        with open(paths["records"], "a", encoding="utf-8") as out, sampler or contextlib.nullcontext():
+        with open(paths["records"], "a", encoding="utf-8") as out, sampler or contextlib.nullcontext(), \
+                remembering_objects():  # an object read for its pixels is hashed from memory
             for number, (index, page, image) in enumerate(reader, 1):
                 record, spent = ocr_page(engine, page, image, shard=shard, device=spec.device.name,
                                          settings=plan.settings_for(page), sha256=hashes(page.source))

@@ -39,3 +39,45 @@ def word_pages(tmp_path_factory):
     for name, lines in WORDS.items():
         draw_page(folder / name, lines, size=(700, 220), font_px=36)
     return folder
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory):
+    """A local S3 (moto's server) for the session. s3fs here, and in every worker subprocess, reaches it through
+    the standard AWS variables, which subprocesses inherit; no file of the user's AWS config is read."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    nowhere = str(tmp_path_factory.mktemp("aws") / "none")
+    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": nowhere,
+           "AWS_SHARED_CREDENTIALS_FILE": nowhere, "AWS_EC2_METADATA_DISABLED": "true"}
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        yield env["AWS_ENDPOINT_URL"]
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        server.stop()
+
+
+@pytest.fixture
+def bucket(s3_endpoint, request):
+    """A new, empty bucket for one test, as its URL: `s3://t-...`."""
+    import hashlib
+
+    from tasks.storage import split_url
+
+    name = "t-" + hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:20]
+    fs, _ = split_url(f"s3://{name}")
+    fs.mkdir(name)
+    return f"s3://{name}"

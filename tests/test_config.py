@@ -56,3 +56,22 @@ def test_a_yaml_that_is_not_a_mapping_is_refused(tmp_path):
 def test_reprocessing_settings_that_cannot_work_are_refused(settings, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, **{"inputs": ["a.png"], "output_dir": "out", **settings})
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"output_dir": "s3://bucket/out"}, "output_dir: .*not a POSIX file system.*publish_to: s3://bucket/out"),
+    ({"publish_to": "out/published"}, "publish_to: a folder apart from output_dir"),
+    ({"publish_to": "file:///"}, "publish_to: a folder apart from output_dir"),
+    ({"inputs": ["nosuchstore://bucket/scans"]}, "inputs: .*no fsspec file system for nosuchstore://"),
+    ({"inputs": ["file://host/scans"]}, "drop the host 'host'"),
+])
+def test_storage_settings_that_cannot_work_are_refused_saying_what_to_do(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, **{"inputs": ["a.png"], "output_dir": "out", **settings})
+
+
+def test_inputs_may_be_urls_file_urls_are_paths_and_outputs_may_be_published_anywhere():
+    config = load_config(None, inputs=["s3://bucket/scans/", "file:///data/scans"], output_dir="file:///data/out",
+                         publish_to="s3://bucket/ocr/run1")
+    assert config.inputs == ("s3://bucket/scans/", "/data/scans") and config.output_dir == Path("/data/out")
+    assert config.publish_to == "s3://bucket/ocr/run1"

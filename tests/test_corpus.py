@@ -71,22 +71,26 @@ def test_the_same_inputs_give_the_same_chunks_byte_for_byte(tmp_path):
         (tmp_path / "two" / "corpus.json").read_text()
 
 
-def test_file_urls_become_paths_and_object_store_urls_are_refused_saying_what_to_do(tmp_path):
+def test_file_urls_become_paths_and_an_object_store_output_dir_is_refused_pointing_to_publish_to(tmp_path):
     config = CorpusConfig.model_validate(
-        {"job": {"inputs": [f"file://{tmp_path}/scans"], "output_dir": f"file://{tmp_path}/out"}})
-    assert config.job.inputs == (f"{tmp_path}/scans",) and config.job.output_dir == tmp_path / "out"
-    with pytest.raises(ValueError, match="mount the bucket .*s3fs.*docs/scale-out.md"):
-        CorpusConfig.model_validate({"job": {"inputs": ["s3://bucket/scans"], "output_dir": str(tmp_path)}})
+        {"job": {"inputs": [f"file://{tmp_path}/scans", "s3://bucket/scans/"], "output_dir": f"file://{tmp_path}/out",
+                 "publish_to": "s3://bucket/ocr/"}})
+    assert config.job.inputs == (f"{tmp_path}/scans", "s3://bucket/scans/") and config.job.output_dir == tmp_path / "out"
+    with pytest.raises(ValueError, match="not a POSIX file system.*publish_to: s3://bucket/out.*docs/scale-out.md"):
+        CorpusConfig.model_validate({"job": {"inputs": ["s3://bucket/scans"], "output_dir": "s3://bucket/out"}})
     with pytest.raises(ValueError, match="(?s)deploymnet.*Extra inputs are not permitted"):
         CorpusConfig.model_validate({"job": {"inputs": ["x"], "output_dir": "y"}, "deploymnet": "z"})
 
 
 def test_a_chunk_runs_the_job_on_its_manifest_and_never_fails_for_page_failures(tmp_path):
-    config = config_for(corpus_inputs(tmp_path), tmp_path / "out", chunks=2)
+    config = CorpusConfig.model_validate({"job": {"inputs": [str(corpus_inputs(tmp_path))],
+                                                  "output_dir": str(tmp_path / "out"), "publish_to": "s3://b/ocr"},
+                                          "chunks": 2})
     plan, _ = plan_corpus(config)
     job = JobConfig.model_validate(chunk_job(config, plan.chunks[1]))
     assert job.inputs == (plan.chunks[1].manifest,) and job.output_dir == tmp_path / "out" / "chunks" / "00001"
     assert job.max_failure_rate == 1.0 and job.outputs == () and job.devices == "auto"
+    assert job.publish_to is None  # the corpus publishes its outputs, once, not each chunk
 
 
 def write_chunk_results(spec, keys, status="ok") -> None:
@@ -233,7 +237,8 @@ def test_a_corpus_over_two_machines_completes_exactly_once_when_one_dies_mid_chu
         lines = [f"Corpus page {number}", f"Ledger {number * 7} entries", "Harbor freight dock", "Friday batch"]
         draw_page(shared / "scans" / f"page-{number:02d}.png", lines, size=(1000, 620))
     config = CorpusConfig.model_validate({
-        "job": {"inputs": [f"file://{shared}/scans"], "output_dir": f"file://{shared}/corpus"},
+        "job": {"inputs": [f"file://{shared}/scans"], "output_dir": f"file://{shared}/corpus",
+                "publish_to": f"file://{tmp_path}/published"},
         "chunks": 4, "chunk_stall_s": 20, "poll_s": 1})
     home = tmp_path / "prefect"
     with contextlib.ExitStack() as stack:
@@ -264,6 +269,11 @@ def test_a_corpus_over_two_machines_completes_exactly_once_when_one_dies_mid_chu
     out = shared / "corpus"
     assert summary.valid and summary.pages_planned == summary.pages_ok == single.pages_ok == 12
     assert texts(out / "results.jsonl") == texts(tmp_path / "single" / "results.jsonl")  # exactly once, same text
+    published = tmp_path / "published"  # the corpus outputs, once, summary last; never a chunk's
+    assert (published / "results.jsonl").read_bytes() == (out / "results.jsonl").read_bytes()
+    assert (published / "summary.json").read_bytes() == (out / "summary.json").read_bytes()
+    assert sorted(path.name for path in published.iterdir()) == ["failures.jsonl", "results.jsonl", "results.parquet",
+                                                                "summary.json", "text"]
     assert parents == {corpus_flow_run}  # every chunk attempt is a subflow of the corpus run
     killed_dir, written = killer.killed
     [killed] = [chunk for chunk in summary.chunks if Path(chunk.output_dir) == killed_dir]

@@ -1,0 +1,110 @@
+"""Publish: copy a finished run's outputs to `publish_to`, a path or an fsspec URL, `summary.json` last.
+
+The run dir itself stays on POSIX storage (records are appended, files renamed into place, the dir
+flock'ed); publishing is the one step that writes elsewhere, after a valid reduce:
+
+1. the target's `summary.json` is removed first: while it is absent the target is being changed;
+2. `results.jsonl`, `failures.jsonl`, `results.parquet` and the `text/`, `pages/`, `vis/` trees are copied.
+   On a local path or `file://` URL (local disk, NFS) each file is written beside its target and renamed,
+   so a reader sees the old file or the new one. An object store has no rename: each file is one whole-object
+   PUT (`fs.put`, concurrently), and an object appears whole or not at all, never half-written;
+3. files under those names that the run no longer has are removed (nothing else under the target is touched);
+4. `summary.json` is written last: its presence means every file above is the finished run's.
+
+So a reader that finds `summary.json` (and reads it before the rest) gets one complete run.
+Plain module: never imports Prefect.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import NamedTuple
+
+from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
+
+from tasks.records import write_atomic
+from tasks.storage import local_path
+
+PUBLISHED = ("results.jsonl", "failures.jsonl", "results.parquet", "text", "pages", "vis")
+MARKER = "summary.json"
+
+
+class Published(NamedTuple):
+    target: str
+    files: int  # copied, the marker included
+    bytes: int
+    removed: int  # stale files removed from the target
+
+
+def publish(run_dir: Path, target: str) -> Published:
+    """Copy the finished outputs of `run_dir` to `target` (a path or URL), `summary.json` last."""
+    run_dir = Path(run_dir)
+    marker = run_dir / MARKER
+    if not marker.is_file():
+        raise FileNotFoundError(f"{marker}: no summary.json: the run has not been reduced, nothing to publish")
+    fs, root = url_to_fs(local_path(target))
+    root = root.rstrip("/")
+    fs.invalidate_cache(root)  # what an earlier publish from this process listed may have changed since
+    files = finished_files(run_dir)
+    if fs.exists(f"{root}/{MARKER}"):
+        fs.rm_file(f"{root}/{MARKER}")
+    sources, targets = [str(run_dir / name) for name in files], [f"{root}/{name}" for name in files]
+    if isinstance(fs, LocalFileSystem):
+        for source, destination in zip(sources, targets):
+            _copy_atomic(Path(source), Path(destination))
+    elif files:
+        fs.put(sources, targets)  # one whole-object PUT each, as many at once as the file system batches
+    stale = _stale(fs, root, set(files))
+    if stale:
+        fs.rm(stale)
+    if isinstance(fs, LocalFileSystem):
+        write_atomic(Path(root) / MARKER, marker.read_text(encoding="utf-8"))
+    else:
+        fs.put_file(str(marker), f"{root}/{MARKER}")
+    size = sum(os.path.getsize(source) for source in sources) + marker.stat().st_size
+    return Published(target=target, files=len(files) + 1, bytes=size, removed=len(stale))
+
+
+def is_published(run_dir: Path, target: str) -> bool:
+    """Whether `target` holds this run's outputs: its `summary.json` is the run's, byte for byte."""
+    try:
+        fs, root = url_to_fs(local_path(target))
+        return fs.cat_file(f"{root.rstrip('/')}/{MARKER}") == (Path(run_dir) / MARKER).read_bytes()
+    except (OSError, ValueError):
+        return False
+
+
+def finished_files(run_dir: Path) -> list[str]:
+    """The run's outputs to publish, as sorted relative POSIX paths, `summary.json` not among them."""
+    found = []
+    for name in PUBLISHED:
+        path = run_dir / name
+        if path.is_file():
+            found.append(name)
+        for folder, _, names in os.walk(path):
+            relative = Path(folder).relative_to(run_dir).as_posix()
+            # A crashed writer's temporary file (`.NAME.PID.tmp`, see tasks.outputs) is not an output.
+            found += [f"{relative}/{file}" for file in names if not (file.startswith(".") and file.endswith(".tmp"))]
+    return sorted(found)
+
+
+def _copy_atomic(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name[:200]}.{os.getpid()}.tmp")
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
+def _stale(fs, root: str, published: set[str]) -> list[str]:
+    """Files at the target under the published names that this run does not have (an earlier run's)."""
+    stale = []
+    for name in PUBLISHED:
+        try:
+            found = fs.find(f"{root}/{name}")
+        except FileNotFoundError:
+            continue
+        stale += [path for path in found if path[len(root) + 1:] not in published]
+    return stale
