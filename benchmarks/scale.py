@@ -33,7 +33,7 @@ def _config(inputs: str, out: Path):
 
 
 def step_plan(inputs: str, out: Path) -> dict:
-    from tasks.inputs import collect_pages
+    from tasks.inputs import list_pages
     from tasks.planning import make_plan
 
     config = _config(inputs, out)
@@ -43,7 +43,7 @@ def step_plan(inputs: str, out: Path) -> dict:
     plan = planned.plan
     del planned
     started = time.monotonic()
-    collect_pages(config.inputs)  # again, to split the time: listing inputs vs the rest of planning
+    list_pages(config.inputs)  # again, as make_plan lists them, to split the time: listing vs the rest
     return {"seconds": seconds, "pages": plan.pages_total, "collect_s": time.monotonic() - started,
             "peak_rss_mb": peak}
 
@@ -132,9 +132,11 @@ def _plan(count: int, scaled: str, work: Path, share: float) -> Figure:
     return figure("plan", name, result["seconds"], "s", f"<= {10 * share:g} s and <= 1 GB RSS", met,
                   f"`make_plan` ({SHARDS} CPU shards) over {result['pages']:,} real files (hard links to one page) "
                   f"named by {how}; peak RSS {result['peak_rss_mb']:.0f} MB (whole process).",
-                  f"of the {result['seconds']:.1f} s, listing the inputs (`collect_pages`: walk, a stat and a PageRef "
-                  f"per file) takes about {result['collect_s']:.1f} s (timed again after the plan), the rest is splitting "
-                  "and the Plan model; every page is held as a pydantic PageRef at once. Profile with "
+                  f"of the {result['seconds']:.1f} s, listing the inputs (`list_pages`: read the manifest, a stat and a "
+                  f"`Page` tuple per file) takes about {result['collect_s']:.1f} s (timed again after the plan), the rest "
+                  "is splitting (LPT over a heap) and the Plan model. The stats are about a third of the CPU time "
+                  "(1-2 us of kernel time each here); every page is held as a tuple, not a model. A loaded machine "
+                  "stretches the time: compare the load average below. Profile with "
                   "`python -m cProfile -m benchmarks.scale plan INPUTS OUT`.")
 
 

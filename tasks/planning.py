@@ -218,7 +218,6 @@ def split_balanced(pages: list[P], shards: int) -> list[list[P]]:
     return members
 
 
-
 def resolve_engine(config: JobConfig, devices: list[Device]) -> Engine:
     on_gpu = any(device.is_gpu for device in devices)
     if config.engine == "onnxruntime" and on_gpu:
