@@ -134,13 +134,13 @@ def _plan(count: int, scaled: str, work: Path, share: float) -> Figure:
                   f"`make_plan` ({SHARDS} CPU shards) over {result['pages']:,} real files (hard links to one page) "
                   f"named by {how}; peak RSS {result['peak_rss_mb']:.0f} MB (whole process); CPU time (user + kernel, "
                   f"all threads) {result['cpu_s']:.1f} s.",
-                  f"of the {result['seconds']:.1f} s, listing the inputs (`list_pages`: read the manifest, a stat and a "
-                  f"`Page` tuple per file) takes about {result['collect_s']:.1f} s (timed again after the plan), the rest "
-                  "is splitting (LPT over a heap) and the Plan model. Of the CPU time, the stats take about 40% (an "
-                  "`os.stat` per file, mostly kernel time), reading and de-duplicating the manifest about 30%, making "
-                  "the pages and splitting them the rest; every page is held as a tuple, not a model. Wall time above the CPU time is waiting for a core: compare "
-                  "the load average below. Profile with "
-                  "`python -m cProfile -m benchmarks.scale plan INPUTS OUT`.")
+                  f"of the {result['seconds']:.1f} s, listing the inputs (`list_pages`: read the manifest, a stat "
+                  f"and a `Page` tuple per file) takes about {result['collect_s']:.1f} s (timed again after the "
+                  "plan), the rest is splitting (LPT over a heap) and the Plan model. Of the CPU time, the stats take "
+                  "about 40% (an `os.stat` per file, mostly kernel time), reading and de-duplicating the manifest "
+                  "about 30%, making the pages and splitting them the rest; every page is held as a tuple, not a "
+                  "model. Wall time above the CPU time is waiting for a core: compare the load average below. "
+                  "Profile with `python -m cProfile -m benchmarks.scale plan INPUTS OUT`.")
 
 
 def _noop(count: int, work: Path) -> Figure:
