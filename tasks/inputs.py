@@ -13,6 +13,9 @@ What an input may be:
 - a URL (`s3://bucket/scans/`, a glob, an object, a manifest), or a manifest naming URLs: listed
   through fsspec by `tasks.remote_inputs`, with the same meanings.
 
+`collect_pages` gives `PageRef` models; `list_pages` the same pages as `Page` tuples, which is what
+planning a million inputs can afford (a model costs about 1 KB and 7 us).
+
 A page's cost is its pixel count: from the PDF page size at `dpi`, from each TIFF frame's header, or
 from a plain image's header. Reading headers costs ~30-70 us a file, so above `PROBE_LIMIT` plain
 images their cost is estimated from the file size instead (a manifest's `cost` column skips both).
@@ -25,15 +28,16 @@ import fnmatch
 import functools
 import glob
 import json
+import math
 import os
 import re
 import stat
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from tasks.pages import probe_pages
-from tasks.records import PageRef
+from tasks.records import Page, PageRef
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
 DOCUMENT_SUFFIXES = IMAGE_SUFFIXES | {".pdf"}
@@ -41,6 +45,7 @@ MANIFEST_SUFFIXES = frozenset({".txt", ".csv", ".jsonl"})
 MULTI_PAGE_SUFFIXES = frozenset({".pdf", ".tif", ".tiff"})
 PROBE_LIMIT = 20_000
 PIXELS_PER_BYTE = 8.0  # a compressed document scan holds roughly this many pixels per byte
+_MANIFEST_ENDINGS = tuple(MANIFEST_SUFFIXES)  # `_suffix(path) in MANIFEST_SUFFIXES`, for the lowercased end
 _MAX_LISTED = 10
 _RANGE_SUFFIX = re.compile(r"(.+)\[([0-9][0-9,\- ]*)\]", re.DOTALL)
 _RANGE_PART = re.compile(r"([0-9]+)(?:-([0-9]+))?")
@@ -49,32 +54,38 @@ Pages = frozenset[int] | None  # None: every page of the document
 Named = tuple[str, Pages, "float | None", "str | None"]  # path, pages, cost per page, manifest line
 
 
-_NO_COSTS: dict = {}  # shared and never mutated: `add` replaces it
-
-
 class _Wanted:
     """What the inputs ask of one file: all pages or some, and any costs a manifest gave (None: any page)."""
 
-    __slots__ = ("every_page", "pages", "costs", "origin", "stat")
+    __slots__ = ("every_page", "pages", "costs", "origin")
 
     def __init__(self) -> None:
-        self.stat: os.stat_result | None = None
         self.origin: str | None = None  # the manifest line that first named it
         self.every_page = False
         self.pages: set[int] | None = None  # made when first needed: most inputs name whole files
-        self.costs: dict[int | None, float] = _NO_COSTS
+        self.costs: dict[int | None, float] | None = None
 
     def add(self, pages: Pages, cost: float | None, origin: str | None) -> None:
         self.origin = self.origin or origin
         if pages is None:
             self.every_page = True
+        elif self.pages is None:
+            self.pages = set(pages)
         else:
-            self.pages = (self.pages or set()) | pages
+            self.pages |= pages  # in place: a file named on 20,000 rows must not copy its pages 20,000 times
         if cost is not None:
-            self.costs = {**self.costs, **dict.fromkeys(pages or (None,), cost)}
+            self.costs = self.costs or {}
+            self.costs.update(dict.fromkeys(pages or (None,), cost))
 
     def selection(self) -> Pages:
         return None if self.every_page else frozenset(self.pages or ())
+
+
+# What is asked of a file: a string when it is the whole file and no cost is given, as for nearly all of a
+# million inputs (the manifest line that first named it, "" if none), a `_Wanted` for anything more.
+Entry = str | _Wanted
+Facts = tuple[int, int, bool]  # a file's size, mtime_ns and whether it is a regular file
+_MISSING: Facts = (0, 0, False)
 
 
 class InputError(ValueError):
@@ -84,34 +95,78 @@ class InputError(ValueError):
 def collect_pages(inputs: Sequence[str], *, dpi: int = 100, include_globs: Sequence[str] = (),
                   exclude_globs: Sequence[str] = (), manifest_path_column: str = "path") -> list[PageRef]:
     """Every page named by `inputs`, sorted by (source, page) and de-duplicated, with its cost."""
+    return [page.ref() for page in list_pages(inputs, dpi=dpi, include_globs=include_globs,
+                                              exclude_globs=exclude_globs, manifest_path_column=manifest_path_column)]
+
+
+def list_pages(inputs: Sequence[str], *, dpi: int = 100, include_globs: Sequence[str] = (),
+               exclude_globs: Sequence[str] = (), manifest_path_column: str = "path") -> list[Page]:
+    """`collect_pages` as `Page` tuples: what planning holds, a million of them in a few hundred MB."""
     from tasks.remote_inputs import collect_remote, names_remote  # it imports this module
 
     if any(map(names_remote, inputs)):  # URLs, and manifests naming them, are listed through fsspec
         local = functools.partial(collect_pages, dpi=dpi, include_globs=include_globs, exclude_globs=exclude_globs,
                                   manifest_path_column=manifest_path_column)
-        return collect_remote(inputs, local, dpi=dpi, include_globs=include_globs, exclude_globs=exclude_globs,
+        refs = collect_remote(inputs, local, dpi=dpi, include_globs=include_globs, exclude_globs=exclude_globs,
                               manifest_path_column=manifest_path_column)
-    wanted: dict[str, _Wanted] = {}
+        return [Page(ref.source, ref.page, ref.cost, ref.size, ref.mtime_ns) for ref in refs]
     problems: list[str] = []
-    for spec in inputs:
-        for path, pages, cost, origin in _expand(spec, manifest_path_column, problems):
-            (wanted.get(path) or wanted.setdefault(path, _Wanted())).add(pages, cost, origin)
-    kept = {path: entry for path, entry in wanted.items() if _selected(path, include_globs, exclude_globs)} \
-        if include_globs or exclude_globs else wanted
+    wanted = _wanted(inputs, manifest_path_column, problems)
+    kept = _kept(wanted, include_globs, exclude_globs)
     if not kept:
         why = f" ({len(wanted)} found, all left out by include/exclude globs)" if wanted else ""
         raise InputError(f"no images found in {list(inputs)}{why} (looked for {', '.join(sorted(DOCUMENT_SUFFIXES))})")
-    for (path, entry), found in zip(kept.items(), _stat_all(list(kept))):
-        entry.stat = found
-        if entry.origin and (entry.stat is None or not stat.S_ISREG(entry.stat.st_mode)):
-            problems.append(f"{entry.origin}: no such file")
+    paths = sorted(kept)  # linear when they come in order, as from a walk or a sorted manifest
+    facts = _file_facts(paths)
+    _check_named_files_exist(kept, {path for path, found in zip(paths, facts) if not found[2]}, problems)
     _raise_if(problems, "inputs that cannot be used")
-    probe = sum(1 for path in kept if _suffix(path) not in MULTI_PAGE_SUFFIXES) <= PROBE_LIMIT
-    refs: list[PageRef] = []
-    for path in sorted(kept):
-        refs.extend(_page_refs(path, kept[path], dpi=dpi, probe=probe, problems=problems))
+    multi = {path for path in paths if _suffix(path) in MULTI_PAGE_SUFFIXES}
+    probe = len(paths) - len(multi) <= PROBE_LIMIT  # few enough plain images to read their headers
+    # Any other file, as nearly all of a million inputs are, is one page costed by its size.
+    asked = multi.union(path for path, entry in kept.items() if not isinstance(entry, str))
+    pages: list[Page] = []
+    for path, (size, mtime_ns, _) in zip(paths, facts):
+        if probe or path in asked:
+            pages.extend(_pages_of(path, kept[path], size, mtime_ns, dpi=dpi, probe=probe, problems=problems))
+        else:
+            pages.append(Page(path, 0, size * PIXELS_PER_BYTE, size, mtime_ns))
     _raise_if(problems, "pages asked for do not exist")
-    return refs
+    return pages
+
+
+def _wanted(inputs: Sequence[str], column: str, problems: list[str]) -> dict[str, Entry]:
+    wanted: dict[str, Entry] = {}
+    for spec in inputs:
+        for path, pages, cost, origin in _expand(spec, column, problems):
+            entry = wanted.get(path)
+            if isinstance(entry, _Wanted):
+                entry.add(pages, cost, origin)
+            elif pages is None and cost is None:
+                wanted[path] = entry or origin or ""
+            else:
+                more = wanted[path] = _Wanted()
+                if entry is not None:
+                    more.add(None, None, entry or None)
+                more.add(pages, cost, origin)
+    return wanted
+
+
+def _check_named_files_exist(kept: dict[str, Entry], missing: set[str], problems: list[str]) -> None:
+    """A file a manifest names must be there; one found by a walk or a glob may vanish (the worker says so)."""
+    if not missing:
+        return
+    for path, entry in kept.items():  # in the order the inputs named them
+        origin = entry if isinstance(entry, str) else entry.origin
+        if origin and path in missing:
+            problems.append(f"{origin}: no such file")
+
+
+def _kept(wanted: dict[str, Entry], include: Sequence[str], exclude: Sequence[str]) -> dict[str, Entry]:
+    if not include and not exclude:
+        return wanted
+    included, excluded = _glob_matcher(include), _glob_matcher(exclude)
+    return {path: entry for path, entry in wanted.items()
+            if (included is None or included(path)) and not (excluded and excluded(path))}
 
 
 def parse_page_range(text: str) -> frozenset[int]:
@@ -128,17 +183,18 @@ def parse_page_range(text: str) -> frozenset[int]:
     return frozenset(pages)
 
 
-def _expand(spec: str, column: str, problems: list[str]) -> list[Named]:
+def _expand(spec: str, column: str, problems: list[str]) -> Iterable[Named]:
+    """The files one input names: the one place where an input becomes paths (a new kind of input plugs in here)."""
     path = Path(spec).expanduser()
     if path.is_dir():
-        return [(found, None, None, None) for found in _walk(_absolute(path))]
+        return ((found, None, None, None) for found in _walk(_absolute(path)))
     if path.exists() or path.is_symlink():
         if _suffix(spec) in MANIFEST_SUFFIXES:
             return _read_manifest(path, column, problems)
         if _suffix(spec) not in DOCUMENT_SUFFIXES:
             raise InputError(f"{spec}: not a supported image type, PDF or manifest ({', '.join(sorted(DOCUMENT_SUFFIXES | MANIFEST_SUFFIXES))})")
         return [(_absolute(path), None, None, None)]
-    ranged = _RANGE_SUFFIX.fullmatch(spec)
+    ranged = _RANGE_SUFFIX.fullmatch(spec) if spec.endswith("]") else None
     if ranged and Path(ranged[1]).expanduser().is_file():
         try:
             return [(_absolute(Path(ranged[1]).expanduser()), parse_page_range(ranged[2]), None, None)]
@@ -156,19 +212,21 @@ def _expand(spec: str, column: str, problems: list[str]) -> list[Named]:
     return found
 
 
-def _read_manifest(manifest: Path, column: str, problems: list[str]) -> list[Named]:
-    """The good rows of a manifest; each bad one is added to `problems`, naming file and line."""
-    rows: list[Named] = []
+def _read_manifest(manifest: Path, column: str, problems: list[str]) -> Iterator[Named]:
+    """The good rows of a manifest, as read; each bad one is added to `problems`, naming file and line."""
     folder = _absolute(manifest.parent)
     for line, row in _manifest_rows(manifest, column, problems):
         try:
-            rows.append((*_manifest_row(folder, row, column), f"{manifest}:{line}: {row.get(column)}"))
+            if isinstance(row, str):
+                yield (*_txt_row(folder, row), f"{manifest}:{line}: {row}")
+            else:
+                yield (*_manifest_row(folder, row, column), f"{manifest}:{line}: {row.get(column)}")
         except (ValueError, TypeError) as exc:
             problems.append(f"{manifest}:{line}: {exc}")
-    return rows
 
 
-def _manifest_rows(manifest: Path, column: str, problems: list[str]) -> Iterator[tuple[int, dict]]:
+def _manifest_rows(manifest: Path, column: str, problems: list[str]) -> Iterator[tuple[int, dict | str]]:
+    """Each row with its line number: a `.txt` row is the name itself, any other row a dict."""
     suffix = _suffix(manifest.name)
     try:
         with open(manifest, encoding="utf-8", newline="" if suffix == ".csv" else None) as handle:
@@ -183,8 +241,8 @@ def _manifest_rows(manifest: Path, column: str, problems: list[str]) -> Iterator
             for number, text in enumerate(handle, 1):
                 if suffix == ".txt":
                     text = text.strip()
-                    if text and not text.startswith("#"):
-                        yield number, {column: text, "_txt": True}
+                    if text and text[0] != "#":
+                        yield number, text
                 elif text.strip():
                     try:
                         row = json.loads(text)
@@ -196,8 +254,19 @@ def _manifest_rows(manifest: Path, column: str, problems: list[str]) -> Iterator
         raise InputError(f"{manifest}: cannot read the manifest: {exc}") from exc
 
 
+def _txt_row(folder: str, name: str) -> tuple[str, Pages, None]:
+    # A million-row manifest spends most of its time here: plain strings, and the range only looked for after `]`.
+    path, pages = _row_path(folder, name), None
+    if name[-1] == "]" and not os.path.lexists(path):
+        ranged = _RANGE_SUFFIX.fullmatch(name)
+        if ranged:
+            path, pages = _row_path(folder, ranged[1]), parse_page_range(ranged[2])
+    if path[-6:].lower().endswith(_MANIFEST_ENDINGS):
+        raise ValueError(f"{name}: a manifest cannot name another manifest")
+    return path, pages, None
+
+
 def _manifest_row(folder: str, row: dict, column: str) -> tuple[str, Pages, float | None]:
-    # Plain string paths, not pathlib: a million-row manifest spends most of its time here.
     if "_not_object" in row:
         raise ValueError(f"expected a JSON object with a {column!r} key, got {row['_not_object']!r}")
     name = row.get(column)
@@ -205,16 +274,15 @@ def _manifest_row(folder: str, row: dict, column: str) -> tuple[str, Pages, floa
         raise ValueError(f"no path in {column!r}")
     pages, cost = _row_pages(row.get("pages")), _row_cost(row.get("cost"))
     path = _row_path(folder, name)
-    if row.get("_txt") and name.endswith("]") and not os.path.lexists(path) and _RANGE_SUFFIX.fullmatch(name):
-        ranged = _RANGE_SUFFIX.fullmatch(name)
-        path, pages = _row_path(folder, ranged[1]), parse_page_range(ranged[2])
-    if _suffix(path) in MANIFEST_SUFFIXES:
+    if path[-6:].lower().endswith(_MANIFEST_ENDINGS):
         raise ValueError(f"{name}: a manifest cannot name another manifest")
     return path, pages, cost
 
 
 def _row_path(folder: str, name: str) -> str:
-    return os.path.normpath(os.path.join(folder, os.path.expanduser(name) if name[0] == "~" else name))
+    if name[0] == "~":
+        name = os.path.expanduser(name)
+    return os.path.normpath(name if name[0] == "/" else os.path.join(folder, name))  # join costs more than normpath
 
 
 def _row_pages(value: object) -> Pages:
@@ -233,15 +301,15 @@ def _row_cost(value: object) -> float | None:
     if value is None or value == "":
         return None
     cost = float(value)  # type: ignore[arg-type]
-    if not cost >= 0:
+    if not 0 <= cost < math.inf:  # an infinite cost would be written to the shard manifest as null
         raise ValueError(f"bad cost {value!r}: a number of pixels, 0 or more")
     return cost
 
 
-def _page_refs(path: str, wanted: _Wanted, *, dpi: int, probe: bool, problems: list[str]) -> list[PageRef]:
-    size, mtime_ns = (wanted.stat.st_size, wanted.stat.st_mtime_ns) if wanted.stat else (0, 0)
-    pages, costs = wanted.selection(), wanted.costs
+def _pages_of(path: str, entry: Entry, size: int, mtime_ns: int, *, dpi: int, probe: bool,
+              problems: list[str]) -> list[Page]:
     plain = _suffix(path) not in MULTI_PAGE_SUFFIXES
+    pages, costs = (None, {}) if isinstance(entry, str) else (entry.selection(), entry.costs or {})
     if _all_costed(pages, costs, plain):
         listed = [(page, costs.get(page, costs.get(None, 0.0))) for page in sorted(pages or {0})]
     elif plain and not probe and pages in (None, frozenset({0})):
@@ -256,9 +324,7 @@ def _page_refs(path: str, wanted: _Wanted, *, dpi: int, probe: bool, problems: l
             problems.append(f"{path}: page(s) {missing} asked for, but it has {len(present)} page(s)")
         listed = [(page, costs.get(page, costs.get(None, page_cost))) for page, page_cost in probed
                   if pages is None or page in pages]
-    # Validating construction is faster than model_construct for these five plain fields (2 us against 4).
-    return [PageRef(source=path, page=page, cost=float(page_cost), size=size, mtime_ns=mtime_ns)
-            for page, page_cost in listed]
+    return [Page(path, page, float(page_cost), size, mtime_ns) for page, page_cost in listed]
 
 
 def _all_costed(pages: Pages, costs: dict[int | None, float], plain: bool) -> bool:
@@ -268,11 +334,12 @@ def _all_costed(pages: Pages, costs: dict[int | None, float], plain: bool) -> bo
     return None in costs or all(page in costs for page in pages)
 
 
-def _selected(path: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
-    name = os.path.basename(path)
-    if include and not any(fnmatch.fnmatchcase(path, g) or fnmatch.fnmatchcase(name, g) for g in include):
-        return False
-    return not any(fnmatch.fnmatchcase(path, g) or fnmatch.fnmatchcase(name, g) for g in exclude)
+def _glob_matcher(globs: Sequence[str]) -> Callable[[str], bool] | None:
+    """Whether a path or its file name matches any of `globs` (as `fnmatchcase`), one regex for them all."""
+    if not globs:
+        return None
+    pattern = re.compile("|".join(f"(?:{fnmatch.translate(glob)})" for glob in globs))
+    return lambda path: bool(pattern.match(path) or pattern.match(os.path.basename(path)))
 
 
 def _raise_if(problems: list[str], what: str) -> None:
@@ -293,8 +360,8 @@ def _walk(folder: str) -> Iterable[str]:
 
 def _suffix(name: str | os.PathLike) -> str:
     name = os.fspath(name)
-    return name[name.rfind("."):].lower() if "." in name else ""  # only ever compared with known suffixes
-
+    dot = name.rfind(".")
+    return name[dot:].lower() if dot >= 0 else ""  # only ever compared with known suffixes
 
 
 def _absolute(path: Path) -> str:
@@ -302,19 +369,24 @@ def _absolute(path: Path) -> str:
     return os.path.abspath(path)
 
 
-def _stat_all(paths: list[str], threads: int = 16) -> list[os.stat_result | None]:
-    """`_stat` of every path, on several threads: stat releases the GIL, and on NFS each one is a round trip."""
+def _file_facts(paths: list[str], threads: int = 16) -> list[Facts]:
+    """`_facts` of every path, on several threads: stat releases the GIL, and on NFS each one is a round trip.
+
+    Local files only: a lister of another kind of store would give these facts with its listing.
+    """
     if len(paths) < 2000:
-        return [_stat(path) for path in paths]
+        return [_facts(path) for path in paths]
     size = -(-len(paths) // threads)
     with ThreadPoolExecutor(threads, thread_name_prefix="stat") as pool:
-        parts = pool.map(lambda start: [_stat(path) for path in paths[start:start + size]],
+        parts = pool.map(lambda start: [_facts(path) for path in paths[start:start + size]],
                          range(0, len(paths), size))
         return [found for part in parts for found in part]
 
 
-def _stat(source: str) -> os.stat_result | None:
+def _facts(source: str) -> Facts:
+    # Only the three fields planning needs: a million whole stat results would hold about 600 MB.
     try:
-        return os.stat(source)
+        found = os.stat(source)
     except OSError:
-        return None  # unreadable now: the worker turns it into a failed record with the reason
+        return _MISSING  # unreadable now: the worker turns it into a failed record with the reason
+    return found.st_size, found.st_mtime_ns, stat.S_ISREG(found.st_mode)

@@ -13,10 +13,11 @@ import functools
 import hashlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import ValidationError
 
-from tasks.records import PageRef, RecordIdentity, complete_lines
+from tasks.records import Page, PageRef, RecordIdentity, complete_lines
 from tasks.storage import is_url, url_sha256
 
 CARRIED = "carried.jsonl"
@@ -25,6 +26,7 @@ CARRIED = "carried.jsonl"
 TRANSIENT = frozenset({"FileVanished", "PermissionDenied", "StorageUnavailable"})
 
 Key = tuple[str, int]
+P = TypeVar("P", Page, PageRef)
 
 
 class Prior:
@@ -54,9 +56,11 @@ def prior_records(run_dir: Path) -> dict[Key, Prior]:
     return found
 
 
-def split_done(pages: Iterable[PageRef], prior: dict[Key, Prior], settings_for: Callable[[PageRef], str],
-               hasher: Callable[[str], str | None] | None = None) -> tuple[list[PageRef], list[Prior]]:
+def split_done(pages: Iterable[P], prior: dict[Key, Prior], settings_for: Callable[[P], str],
+               hasher: Callable[[str], str | None] | None = None) -> tuple[list[P], list[Prior]]:
     """Pages still to do, and the earlier records that stand for the others."""
+    if not prior:
+        return list(pages), []  # a first run: a million lookups would find nothing
     hasher = hasher or functools.cache(file_sha256)
     todo, reused = [], []
     for page in pages:
@@ -68,7 +72,7 @@ def split_done(pages: Iterable[PageRef], prior: dict[Key, Prior], settings_for: 
     return todo, reused
 
 
-def reusable(record: RecordIdentity, page: PageRef, settings: str, hasher: Callable[[str], str | None]) -> bool:
+def reusable(record: RecordIdentity, page: Page | PageRef, settings: str, hasher: Callable[[str], str | None]) -> bool:
     if record.settings != settings:
         return False
     if record.status == "failed" and record.error_class in TRANSIENT:

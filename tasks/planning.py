@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import gc
 import heapq
 import importlib.metadata
+import operator
 import os
 import shutil
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar, overload
 
 from pydantic import BaseModel, ConfigDict
 
 from tasks.config import JobConfig
 from tasks.devices import Device, DeviceError
-from tasks.inputs import InputError, collect_pages
+from tasks.inputs import InputError, list_pages
 from tasks.ledger import CARRIED, Prior, prior_records, split_done
 from tasks.models import (REC_BATCH, Engine, ModelDirs, bundled_dir, default_cache_dir, fingerprint, is_bundled,
                           materialize)
 from tasks.placement import Placement, default_threads, launcher_warning, place, worker_env_overrides
-from tasks.records import PageRecord, PageRef, read_jsonl, write_atomic
+from tasks.records import Page, PageRecord, PageRef, read_jsonl, write_atomic
 from tasks.storage import Stat, stat_sources
 
 _VERSIONED = ("ocrfleet", "paddleocr", "paddlex", "paddlepaddle", "paddlepaddle-gpu", "onnxruntime",
@@ -52,27 +56,69 @@ class Plan(BaseModel):
     warnings: tuple[str, ...] = ()
     versions: dict[str, str]
 
-    def settings_for(self, page: PageRef) -> str:
+    def settings_for(self, page: PageRef | Page) -> str:
         return page_settings(self.settings, self.config, page)
+
+
+class ShardPages(Sequence[PageRef]):
+    """One shard's pages, held as `Page` tuples (a million models would take gigabytes), read as `PageRef`s."""
+
+    __slots__ = ("pages",)
+
+    def __init__(self, pages: list[Page]) -> None:
+        self.pages = pages
+
+    def __len__(self) -> int:
+        return len(self.pages)
+
+    @overload
+    def __getitem__(self, index: int) -> PageRef: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[PageRef]: ...
+    def __getitem__(self, index: int | slice) -> PageRef | list[PageRef]:
+        if isinstance(index, slice):
+            return [page.ref() for page in self.pages[index]]
+        return self.pages[index].ref()
+
+    def __eq__(self, other: object) -> bool:
+        # Equal to any sequence of the same pages, so a manifest read back compares with what was planned.
+        return isinstance(other, Sequence) and len(other) == len(self) and all(
+            mine == theirs for mine, theirs in zip(self, other))
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 class Planned(NamedTuple):
     """A plan before it is written: the plan, each shard's pages, and the earlier records it reuses."""
 
     plan: Plan
-    shard_pages: list[list[PageRef]]
+    shard_pages: list[ShardPages]
     reused: list[Prior]
 
 
-def page_settings(settings: str, config: JobConfig, page: PageRef) -> str:
+def page_settings(settings: str, config: JobConfig, page: PageRef | Page) -> str:
     # Only PDF pages depend on the rendering resolution; changing it leaves images done.
     return f"{settings}-dpi{config.pdf_dpi}" if page.source.lower().endswith(".pdf") else settings
 
 
+@contextlib.contextmanager
+def _collection_paused() -> Iterator[None]:
+    """No cyclic garbage collection meanwhile: planning makes millions of objects and no cycles among them, and
+    the collector would walk them all again and again (2 s of 10 at a million inputs)."""
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if paused:
+            gc.enable()
+
+
+@_collection_paused()
 def make_plan(config: JobConfig, placement: Placement | None = None) -> Planned:
     """Plan a run without writing anything: pages an earlier run already did are reused, not planned."""
     placement = placement or place_for(config)
-    candidates = failed_pages(config) if config.only_failed else collect_pages(
+    candidates = failed_pages(config) if config.only_failed else list_pages(
         config.inputs, dpi=config.pdf_dpi, include_globs=config.include_globs, exclude_globs=config.exclude_globs,
         manifest_path_column=config.manifest_path_column)
     models = resolve_models(config, placement.devices)
@@ -81,13 +127,13 @@ def make_plan(config: JobConfig, placement: Placement | None = None) -> Planned:
     pages, reused = split_done(candidates, prior_records(Path(config.output_dir)),
                                lambda page: page_settings(settings, config, page))
     slots = [device for device in placement.devices for _ in range(config.workers_per_device)]
-    shard_pages = split_balanced(pages, min(len(slots), len(pages)))
+    shard_pages = [ShardPages(members) for members in split_balanced(pages, min(len(slots), len(pages)))]
     # Spread shards over devices first, so that a small run still uses every device.
     devices = [placement.devices[shard % len(placement.devices)] for shard in range(len(shard_pages))]
     threads = config.threads_per_worker or default_threads(len(shard_pages))
     shards = tuple(
         ShardPlan(shard=shard, device=device, env=worker_env_overrides(device, threads),
-                  pages=len(members), cost=sum(page.cost for page in members))
+                  pages=len(members), cost=sum(page.cost for page in members.pages))
         for shard, (device, members) in enumerate(zip(devices, shard_pages))
     )
     plan = Plan(config=config, models=models, settings=settings, threads_per_worker=threads,
@@ -97,7 +143,7 @@ def make_plan(config: JobConfig, placement: Placement | None = None) -> Planned:
     return Planned(plan, shard_pages, reused)
 
 
-def failed_pages(config: JobConfig) -> list[PageRef]:
+def failed_pages(config: JobConfig) -> list[Page]:
     """Reprocessing: the failed pages of `derived_from` (of the chosen classes), as they are in storage now."""
     source_run = Path(config.derived_from)
     failures = source_run / "failures.jsonl"
@@ -122,11 +168,11 @@ def _selected(source: str, config: JobConfig) -> bool:
     return included and not excluded
 
 
-def _page_now(source: str, page: int, stat: Stat | None) -> PageRef:
+def _page_now(source: str, page: int, stat: Stat | None) -> Page:
     if stat is None:  # still unreadable: the worker records why, again
-        return PageRef(source=source, page=page)
+        return Page(source, page)
     size, mtime_ns = stat
-    return PageRef(source=source, page=page, cost=float(size), size=size, mtime_ns=mtime_ns)
+    return Page(source, page, float(size), size, mtime_ns)
 
 
 def place_for(config: JobConfig) -> Placement:
@@ -145,15 +191,28 @@ def place_for(config: JobConfig) -> Placement:
     return placement
 
 
-def split_balanced(pages: list[PageRef], shards: int) -> list[list[PageRef]]:
-    """Longest-processing-time-first: each page, costliest first, goes to the cheapest shard so far."""
+P = TypeVar("P", Page, PageRef)
+_KEY, _COST = operator.attrgetter("source", "page"), operator.attrgetter("cost")  # `.key` and `.cost`, in C
+
+
+def split_balanced(pages: list[P], shards: int) -> list[list[P]]:
+    """Longest-processing-time-first: each page, costliest first, goes to the cheapest shard so far.
+
+    Each shard's pages come in (source, page) order; ties in cost go in that order too.
+    """
+    ordered = sorted(pages, key=_KEY)  # linear for pages already in order, as the inputs come
+    costs = list(map(_COST, ordered))
+    owner = [0] * len(ordered)
     heap = [(0.0, 0, shard) for shard in range(shards)]
-    members: list[list[PageRef]] = [[] for _ in range(shards)]
-    for page in sorted(pages, key=lambda page: (-page.cost, page.key)):
-        total, count, shard = heapq.heappop(heap)
+    # A stable sort by cost alone keeps the key order within equal costs: no key tuples for a million pages.
+    for index in sorted(range(len(ordered)), key=costs.__getitem__, reverse=True):
+        total, count, shard = heap[0]
+        owner[index] = shard
+        heapq.heapreplace(heap, (total + costs[index], count + 1, shard))
+    members: list[list[P]] = [[] for _ in range(shards)]
+    for page, shard in zip(ordered, owner):
         members[shard].append(page)
-        heapq.heappush(heap, (total + page.cost, count + 1, shard))
-    return [sorted(shard_pages, key=lambda page: page.key) for shard_pages in members]
+    return members
 
 
 def resolve_engine(config: JobConfig, devices: list[Device]) -> Engine:
@@ -212,7 +271,7 @@ def write_plan(run_dir: Path, planned: Planned) -> None:
     for name in _GENERATION:
         shutil.rmtree(run_dir / name, ignore_errors=True)
     for shard, pages in enumerate(planned.shard_pages):
-        write_atomic(manifest_path(run_dir, shard), "".join(page.model_dump_json() + "\n" for page in pages))
+        write_atomic(manifest_path(run_dir, shard), "".join(page.json_line() for page in pages.pages))
     write_atomic(run_dir / "run.json", planned.plan.model_dump_json(indent=2) + "\n")
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -112,12 +111,12 @@ def test_csv_and_jsonl_manifests_take_a_named_column_pages_and_cost(tmp_path):
 def test_every_bad_manifest_row_is_reported_at_once_with_its_line(tmp_path):
     image(tmp_path / "a.png")
     rows = ['{"path": "a.png"}', "{not json", '{"name": "a.png"}', '"a.png"', '{"path": "missing.png"}',
-            '{"path": "a.png", "pages": "x"}', '{"path": "a.png", "cost": -1}']
+            '{"path": "a.png", "pages": "x"}', '{"path": "a.png", "cost": -1}', '{"path": "a.png", "cost": "inf"}']
     (tmp_path / "m.jsonl").write_text("\n".join(rows) + "\n")
     with pytest.raises(InputError) as caught:
         collect_pages([str(tmp_path / "m.jsonl")])
     message = str(caught.value)
-    for line in range(2, 8):
+    for line in range(2, 9):
         assert f"m.jsonl:{line}:" in message
     assert "m.jsonl:1:" not in message and "m.jsonl:5: missing.png: no such file" in message
 
@@ -127,6 +126,14 @@ def test_a_long_list_of_bad_rows_is_cut_to_ten(tmp_path):
     with pytest.raises(InputError, match=r"and 15 more") as caught:
         collect_pages([str(tmp_path / "m.txt")])
     assert str(caught.value).count("no such file") == 10
+
+
+def test_missing_files_are_reported_in_the_order_the_manifest_names_them(tmp_path):
+    (tmp_path / "m.txt").write_text("".join(f"gone{n}.png\n" for n in (9, 10, 2)))
+    with pytest.raises(InputError) as caught:
+        collect_pages([str(tmp_path / "m.txt")])
+    lines = str(caught.value).splitlines()[1:]
+    assert [line.split(": ")[1] for line in lines] == ["gone9.png", "gone10.png", "gone2.png"]
 
 
 def test_a_csv_manifest_without_the_path_column_names_the_columns_it_has(tmp_path):
@@ -170,10 +177,10 @@ def test_many_plain_images_are_costed_from_their_size_without_opening_them(tmp_p
     assert [page.cost for page in pages] == [os.path.getsize(page.source) * 8.0 for page in pages]
 
 
-def test_a_manifest_of_many_rows_with_pages_and_costs_plans_fast(tmp_path):
+def test_one_file_named_on_many_rows_gets_every_page_with_its_own_cost(tmp_path):
+    # Speed at this scale is the plan benchmark's business (no timed assertions here); this is the content.
     image(tmp_path / "a.png")
-    rows = "".join(json.dumps({"path": "a.png", "pages": f"{n}", "cost": 1}) + "\n" for n in range(1, 20_001))
+    rows = "".join(json.dumps({"path": "a.png", "pages": f"{n}", "cost": n % 7 + 1}) + "\n" for n in range(1, 20_001))
     (tmp_path / "m.jsonl").write_text(rows)
-    started = time.perf_counter()
     pages = collect_pages([str(tmp_path / "m.jsonl")])
-    assert len(pages) == 20_000 and time.perf_counter() - started < 5
+    assert [(page.page, page.cost) for page in pages] == [(n - 1, float(n % 7 + 1)) for n in range(1, 20_001)]

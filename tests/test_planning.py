@@ -1,3 +1,4 @@
+import math
 import os
 
 import pytest
@@ -5,7 +6,7 @@ import pytest
 from tasks.config import load_config
 from tasks.inputs import collect_pages
 from tasks.planning import make_plan, manifest_path, read_manifest, split_balanced, write_plan
-from tasks.records import PageRef
+from tasks.records import Page, PageRef
 
 
 def make_files(folder, sizes):
@@ -63,6 +64,23 @@ def test_manifests_round_trip(tmp_path):
     shard_pages = planned.shard_pages
     assert manifest_path(out, 1).name == "00001.jsonl"
     assert [read_manifest(out, shard) for shard in range(2)] == shard_pages
+
+
+def test_a_manifest_line_is_what_the_page_model_writes():
+    sources = ["/scans/a.png", '/odd "quoted" \\ name\twith\ncontrol\x01chars.png', "/ünïcödé/✓/😀.png"]
+    costs = [0.0, 5000.0, 1 / 3, 1e-5, 5e-5, 1e16, 2.5e300, float("inf"), float("nan"), 7]
+    for source in sources:
+        for cost in costs:
+            page = Page(source, 3, cost, 123_456, 1_700_000_000_123_456_789)
+            assert page.json_line() == page.ref().model_dump_json() + "\n"
+            if math.isfinite(cost):  # the model writes inf and nan as null, which it cannot read back
+                assert PageRef.model_validate_json(page.json_line()) == page.ref()
+
+
+def test_shards_hold_pages_in_source_order_and_equal_costs_go_in_that_order():
+    pages = [Page(f"/p{i:04d}.png", 0, 1.0) for i in range(10)]
+    members = split_balanced(pages[::-1], 3)  # the order pages come in does not matter
+    assert members == [pages[0::3], pages[1::3], pages[2::3]]
 
 
 def test_a_machine_default_for_auto_devices_comes_from_ocrfleet_devices(tmp_path, monkeypatch):
