@@ -43,29 +43,36 @@ def in_printed_order(printed: list[str], read: list[str]) -> list[str]:
 
 
 def file_under(printed: list[str], read: list[str]) -> list[int]:
-    """For each line read, the printed line holding most of its characters in order (ties: the nearest in
-    page position)."""
+    """For each line read, the printed line holding most of it in order; among equals (a cell's value that
+    repeats, a lone row number, a title repeated in a running header) the one nearest to where the line read
+    before it was filed, the later one of two as near."""
     squeezed = ["".join(line.split()) for line in printed]
-    targets = []
-    for index, line in enumerate(read):
-        mine, where = "".join(line.split()), index / max(1, len(read) - 1)
+    targets, previous = [], 0
+    for line in read:
+        mine = "".join(line.split())
 
-        def closeness(target: int) -> tuple[float, float]:
-            return _overlap(mine, squeezed[target]), -abs(target / max(1, len(printed) - 1) - where)
+        def closeness(target: int) -> tuple[float, int, bool]:
+            return _overlap(mine, squeezed[target]), -abs(target - previous), target >= previous
 
-        targets.append(max(range(len(printed)), key=closeness))
+        previous = max(range(len(printed)), key=closeness)
+        targets.append(previous)
     return targets
 
 
 def worst_lines(printed: list[str], read: list[str], count: int) -> list[tuple[str, str, int]]:
-    """The `count` printed lines read worst: (printed, the lines read filed under it, edit distance)."""
-    printed, read = [fold(line) for line in printed], [fold(line) for line in read]
-    under: list[list[str]] = [[] for _ in printed]
-    for target, line in zip(file_under(printed, read), read):
-        under[target].append(line)
-    rows = [(line, " ".join(found), levenshtein("".join(line.split()), "".join("".join(found).split())))
-            for line, found in zip(printed, under)]
-    return sorted(rows, key=lambda row: -row[2])[:count]
+    """The `count` printed lines read worst: (printed, the lines read filed under it, edit distance once
+    folded, spaces ignored), both sides as printed and read."""
+    folded_printed, folded_read = [fold(line) for line in printed], [fold(line) for line in read]
+    under: list[list[int]] = [[] for _ in printed]
+    for target, index in zip(file_under(folded_printed, folded_read), range(len(read))):
+        under[target].append(index)
+
+    def distance(target: int) -> int:
+        found = "".join(folded_read[index] for index in under[target])
+        return levenshtein("".join(folded_printed[target].split()), "".join(found.split()))
+
+    worst = sorted(range(len(printed)), key=lambda target: -distance(target))[:count]
+    return [(printed[target], " ".join(read[index] for index in under[target]), distance(target)) for target in worst]
 
 
 def word_accuracy(printed: str, read: str) -> float:
