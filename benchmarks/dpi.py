@@ -25,6 +25,7 @@ from pathlib import Path
 from benchmarks import corpus
 from benchmarks.fleet import ROOT, bench_env
 from benchmarks.report import Figure, figure
+from benchmarks.textscore import levenshtein
 from tasks.config import JobConfig
 
 DPIS = (72, 100, 150, 200, 300)
@@ -92,32 +93,6 @@ def score(item: dict, lines: list[str]) -> dict:
             "pixels": item["pixels"], "text": found,
             "chars": 100 * max(0.0, 1 - levenshtein(chars, "".join(found.split())) / len(chars)),
             "words": 100 * matched / len(words), "split": 100 * len(read) / len(words)}
-
-
-def levenshtein(a: str, b: str) -> int:
-    """Edit distance, bit-parallel (Myers 1999, Hyyro 2001): one pass of integer operations per char of `b`."""
-    if not a or not b:
-        return len(a) + len(b)
-    mask, last = (1 << len(a)) - 1, 1 << (len(a) - 1)
-    equal: dict[str, int] = {}
-    for index, char in enumerate(a):
-        equal[char] = equal.get(char, 0) | (1 << index)
-    plus, minus, distance = mask, 0, len(a)  # vertical deltas of the DP column: all +1 at the start
-    for char in b:
-        eq = equal.get(char, 0)
-        xv = eq | minus
-        xh = (((eq & plus) + plus) ^ plus) | eq
-        h_plus = minus | ~(xh | plus)
-        h_minus = plus & xh
-        if h_plus & last:
-            distance += 1
-        elif h_minus & last:
-            distance -= 1
-        h_plus = ((h_plus << 1) | 1) & mask  # the top row grows by one per char of b
-        h_minus = (h_minus << 1) & mask
-        plus = (h_minus | ~(xv | h_plus)) & mask
-        minus = h_plus & xv
-    return distance
 
 
 def _summary(rows: list[dict]) -> dict[str, float]:

@@ -1,7 +1,8 @@
 """The baseline a user writes without ocrfleet: one process, PaddleOCR built once, `predict(path)` per page.
 
 Run as a subprocess so its thread settings are its own:
-`python -m benchmarks.plain_loop --engine onnxruntime|paddle --threads T [--via-ocrfleet-engine] PAGE...`.
+`python -m benchmarks.plain_loop --engine onnxruntime|paddle --threads T [--via-ocrfleet-engine | --det-max-side N]
+PAGE...`.
 Prints one JSON object: load_s, ocr_s, pages and each page's text.
 """
 
@@ -25,10 +26,12 @@ def bundled_models(engine: str) -> ModelDirs:
                      text_recognition_model_dir=str(materialize(engine, BUNDLED_REC, cache)))
 
 
-def plain_paddleocr(models: ModelDirs, threads: int):
+def plain_paddleocr(models: ModelDirs, threads: int, det_max_side: int | None = None):
     """PaddleOCR with the options ocrfleet's engine passes on CPU (tasks/engine.py), written out by hand.
 
     The recognition batch size too: comparisons measure what ocrfleet adds or saves, not a setting.
+    `det_max_side`: detect text on the page scaled to at most this many pixels on its long side (PaddleOCR 2's
+    default, 960), instead of PaddleOCR 3's default (the page as it is, up to 4000 px).
     """
     from paddleocr import PaddleOCR
 
@@ -39,6 +42,8 @@ def plain_paddleocr(models: ModelDirs, threads: int):
                    "engine_config": {"intra_op_num_threads": threads, "inter_op_num_threads": 1}}
     else:
         options = {"enable_mkldnn": False, "cpu_threads": threads}
+    if det_max_side:
+        options.update(text_det_limit_side_len=det_max_side, text_det_limit_type="max")
     return PaddleOCR(text_detection_model_name=models.text_detection_model_name,
                      text_detection_model_dir=models.text_detection_model_dir,
                      text_recognition_model_name=models.text_recognition_model_name,
@@ -47,7 +52,8 @@ def plain_paddleocr(models: ModelDirs, threads: int):
                      text_recognition_batch_size=REC_BATCH[models.engine], device="cpu", **options)
 
 
-def _reader(models: ModelDirs, threads: int, via_ocrfleet_engine: bool, rec_batch: int = 6) -> Callable[[str], str]:
+def _reader(models: ModelDirs, threads: int, via_ocrfleet_engine: bool, rec_batch: int = 6,
+            det_max_side: int | None = None) -> Callable[[str], str]:
     """A function from a page's path to its text, loaded once."""
     if via_ocrfleet_engine:
         from tasks.engine import PaddleOcrEngine
@@ -55,7 +61,7 @@ def _reader(models: ModelDirs, threads: int, via_ocrfleet_engine: bool, rec_batc
 
         engine = PaddleOcrEngine(models, "cpu", threads, rec_batch)
         return lambda path: "\n".join(line.text for line in engine(load_page(path, 0, dpi=150, max_pixels=10**9)))
-    pipeline = plain_paddleocr(models, threads)
+    pipeline = plain_paddleocr(models, threads, det_max_side)
     return lambda path: "\n".join(pipeline.predict(path)[0]["rec_texts"])
 
 
@@ -65,10 +71,12 @@ def main() -> int:
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--via-ocrfleet-engine", action="store_true", help="use tasks.engine.PaddleOcrEngine")
     parser.add_argument("--rec-batch", type=int, default=6, help="text_recognition_batch_size (ocrfleet engine)")
+    parser.add_argument("--det-max-side", type=int, help="text detection on the page scaled to this long side")
     parser.add_argument("pages", nargs="+")
     args = parser.parse_args()
     started = time.monotonic()
-    ocr = _reader(bundled_models(args.engine), args.threads, args.via_ocrfleet_engine, args.rec_batch)
+    ocr = _reader(bundled_models(args.engine), args.threads, args.via_ocrfleet_engine, args.rec_batch,
+                  args.det_max_side)
     load_s = time.monotonic() - started
     texts, started = [], time.monotonic()
     for path in args.pages:

@@ -23,6 +23,7 @@ EXPERIMENTS = {
     "batch": ("batch",),
     "dpi": ("dpi",),
     "balance": ("balance",),
+    "accuracy": ("accuracy",),
 }
 ORDER = [group for groups in EXPERIMENTS.values() for group in groups]
 

@@ -16,11 +16,11 @@ GROUPS = ("overhead", "scaling", "startup", "busy")
 
 
 def plain_loop(pages: list[Path], engine: str, threads: int, via_ocrfleet_engine: bool = False,
-               rec_batch: int = 6) -> dict:
+               rec_batch: int = 6, det_max_side: int | None = None) -> dict:
     """One run of `benchmarks.plain_loop` in its own process, with the same thread variables as a worker."""
     command = [sys.executable, "-m", "benchmarks.plain_loop", "--engine", engine, "--threads", str(threads),
                "--rec-batch", str(rec_batch), *(["--via-ocrfleet-engine"] if via_ocrfleet_engine else []),
-               *map(str, pages)]
+               *(["--det-max-side", str(det_max_side)] if det_max_side else []), *map(str, pages)]
     done = subprocess.run(command, env=bench_env(threads), cwd=ROOT, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
