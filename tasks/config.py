@@ -8,6 +8,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tasks.models import DET_LIMIT
 from tasks.storage import check_protocol, is_url, local_path
 
 
@@ -77,6 +78,16 @@ class JobConfig(BaseModel):
     text_recognition_batch_size: int | None = Field(
         None, ge=1, le=256, description="Text lines recognized per batch; null: 1 with onnxruntime on CPU (fastest "
         "there, measured in benchmarks/), PaddleOCR's 6 with Paddle."
+    )
+    text_det_limit_side_len: int | None = Field(
+        DET_LIMIT[0], ge=32, le=20000, description="Text detection sees the page scaled so that its long side "
+        "(text_det_limit_type 'max') or short side ('min') is at most / at least this many pixels; 960 'max' "
+        "(PaddleOCR 2's default for these mobile models) read real scans faster and with far fewer words run "
+        "together than PaddleOCR 3's detection on the page as it is (benchmarks/accuracy.py); null: PaddleOCR's own."
+    )
+    text_det_limit_type: Literal["max", "min"] = Field(
+        DET_LIMIT[1], description="How text_det_limit_side_len applies: 'max' shrinks larger pages, 'min' enlarges "
+        "smaller ones."
     )
     model_cache_dir: Path | None = Field(
         None, description="Where bundled models are materialized; default $OCRFLEET_CACHE or ~/.cache/ocrfleet."

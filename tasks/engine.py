@@ -7,7 +7,7 @@ from typing import Protocol
 
 import numpy as np
 
-from tasks.models import REC_BATCH, ModelDirs
+from tasks.models import DET_LIMIT, REC_BATCH, ModelDirs
 from tasks.records import TextLine
 
 log = logging.getLogger(__name__)
@@ -29,10 +29,13 @@ class OcrEngine(Protocol):
 class PaddleOcrEngine:
     """PaddleOCR's text detection + recognition pipeline, loaded once per worker."""
 
-    def __init__(self, models: ModelDirs, device: str, threads: int, rec_batch_size: int | None = None) -> None:
+    def __init__(self, models: ModelDirs, device: str, threads: int, rec_batch_size: int | None = None,
+                 det_limit: tuple[int | None, str] = DET_LIMIT) -> None:
         from paddleocr import PaddleOCR  # heavy: imported only where OCR actually runs
 
         options: dict = {}
+        if det_limit[0] is not None:  # None: PaddleOCR's own detection size
+            options.update(text_det_limit_side_len=det_limit[0], text_det_limit_type=det_limit[1])
         if models.engine == "onnxruntime":
             options["engine"] = "onnxruntime"
             options["engine_config"] = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}

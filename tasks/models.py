@@ -24,6 +24,11 @@ Engine = Literal["paddle", "onnxruntime"]
 # is fastest one line at a time (a batch pads every line to the widest); on GPUs PaddleOCR's default stands.
 REC_BATCH: dict[Engine, int] = {"onnxruntime": 1, "paddle": 6}
 
+# Text detection sees the page scaled so its long side is 960 px (larger pages only): PaddleOCR 2's default for
+# these mobile models. PaddleOCR 3 detects on the page as it is; on real scans (benchmarks/accuracy.py) that
+# read the same characters, 1.8x slower, and split far fewer words apart (spaces between them were dropped).
+DET_LIMIT: tuple[int, Literal["max", "min"]] = (960, "max")
+
 BUNDLED_DET = "PP-OCRv4_mobile_det"
 BUNDLED_REC = "PP-OCRv4_mobile_rec"
 

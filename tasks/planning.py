@@ -50,6 +50,10 @@ class Plan(BaseModel):
     settings: str  # fingerprint of the models and engine: part of every record's identity
     threads_per_worker: int
     rec_batch_size: int  # text lines per recognition batch, resolved for the engine
+
+    @property
+    def det_limit(self) -> tuple[int | None, str]:
+        return (self.config.text_det_limit_side_len, self.config.text_det_limit_type)
     pages_total: int  # every page the inputs name
     pages_skipped: int  # of those, already done by an earlier run (their records are in carried.jsonl)
     shards: tuple[ShardPlan, ...]
@@ -123,7 +127,9 @@ def make_plan(config: JobConfig, placement: Placement | None = None) -> Planned:
         manifest_path_column=config.manifest_path_column)
     models = resolve_models(config, placement.devices)
     rec_batch_size = config.text_recognition_batch_size or REC_BATCH[models.engine]
-    settings = fingerprint(models, f"text_recognition_batch_size={rec_batch_size}")
+    det_limit = (config.text_det_limit_side_len, config.text_det_limit_type)
+    settings = fingerprint(models, f"text_recognition_batch_size={rec_batch_size}",
+                           f"text_det_limit={det_limit[0]}/{det_limit[1]}")
     pages, reused = split_done(candidates, prior_records(Path(config.output_dir)),
                                lambda page: page_settings(settings, config, page))
     slots = [device for device in placement.devices for _ in range(config.workers_per_device)]

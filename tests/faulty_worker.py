@@ -21,7 +21,7 @@ _leaked = []
 
 
 class FaultyEngine:
-    def __init__(self, models, device, threads, rec_batch_size=6):
+    def __init__(self, models, device, threads, rec_batch_size=6, **options):
         self.faults = json.loads(os.environ.get("OCRFLEET_TEST_FAULTS", "{}"))
 
     def __call__(self, image):

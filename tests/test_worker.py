@@ -20,7 +20,7 @@ class NameEngine:
 
     calls: list = []
 
-    def __init__(self, models, device, threads, rec_batch_size=6, fail_after=None):
+    def __init__(self, models, device, threads, rec_batch_size=6, fail_after=None, **options):
         self.fail_after = fail_after
 
     def __call__(self, image):
@@ -54,7 +54,7 @@ def test_a_corrupt_page_becomes_a_failed_record_and_the_shard_goes_on(planned):
 
 def test_a_killed_worker_resumes_after_its_last_record(planned):
     with pytest.raises(EngineUnusable):
-        run_shard(planned, 0, engine_factory=lambda *a: NameEngine(*a, fail_after=3))
+        run_shard(planned, 0, engine_factory=lambda *a, **k: NameEngine(*a, fail_after=3, **k))
     records_path = shard_paths(planned, 0)["records"]
     assert not shard_paths(planned, 0)["done"].exists()
     with open(records_path, "a") as handle:  # a crash in mid-write leaves a torn line
@@ -70,7 +70,7 @@ def test_a_killed_worker_resumes_after_its_last_record(planned):
 def test_a_rerun_of_a_finished_shard_loads_no_model(planned):
     run_shard(planned, 0, engine_factory=NameEngine)
 
-    def no_engine(*args):
+    def no_engine(*args, **kwargs):
         raise AssertionError("model loaded for a finished shard")
 
     assert run_shard(planned, 0, engine_factory=no_engine).pages_resumed == 6
@@ -182,3 +182,24 @@ def test_reduce_names_a_shard_that_ran_on_another_gpu(gpu_planned):
     assert problems[0].startswith(f"shard 1: planned on gpu:3 ({gpus[3].uuid}) but ran on")
     assert problems[1:] == [f"GPU {gpus[1].uuid} ran the shards of 2 planned devices (gpu:1, gpu:3)",
                             "gpu:3: planned, but no worker ran on it"]
+
+
+def test_the_engine_gets_the_detection_size_and_batch_the_plan_settled_and_they_are_part_of_the_settings(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from tasks.planning import make_plan, prepare_run
+
+    Image.fromarray(np.full((40, 60, 3), 255, np.uint8)).save(tmp_path / "a.png")
+    config = load_config(None, inputs=[str(tmp_path / "a.png")], output_dir=str(tmp_path / "out"), devices="cpu:1")
+    seen = {}
+
+    def factory(models, device, threads, rec_batch_size, **options):
+        seen.update(options, rec_batch_size=rec_batch_size)
+        return NameEngine(models, device, threads)
+
+    prepare_run(config)
+    run_shard(tmp_path / "out", 0, engine_factory=factory)
+    assert seen == {"det_limit": (960, "max"), "rec_batch_size": 1}
+    other = config.model_copy(update={"text_det_limit_side_len": None})
+    assert make_plan(other).plan.settings != make_plan(config).plan.settings  # records of one are not the other's
