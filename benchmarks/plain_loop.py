@@ -1,7 +1,7 @@
 """The baseline a user writes without ocrfleet: one process, PaddleOCR built once, `predict(path)` per page.
 
 Run as a subprocess so its thread settings are its own:
-`python -m benchmarks.plain_loop --engine onnxruntime|paddle --threads T [--via-ocrfleet-engine | --det-max-side N]
+`python -m benchmarks.plain_loop --engine onnxruntime|paddle --threads T [--via-ocrfleet-engine] [--det-max-side N]
 PAGE...`.
 Prints one JSON object: load_s, ocr_s, pages and each page's text.
 """
@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from tasks.models import BUNDLED_DET, BUNDLED_REC, ModelDirs, default_cache_dir, materialize
+from tasks.models import BUNDLED_DET, BUNDLED_REC, DET_LIMIT, ModelDirs, default_cache_dir, materialize
 
 
 def bundled_models(engine: str) -> ModelDirs:
@@ -26,12 +26,12 @@ def bundled_models(engine: str) -> ModelDirs:
                      text_recognition_model_dir=str(materialize(engine, BUNDLED_REC, cache)))
 
 
-def plain_paddleocr(models: ModelDirs, threads: int, det_max_side: int | None = None):
+def plain_paddleocr(models: ModelDirs, threads: int, det_max_side: int = DET_LIMIT[0]):
     """PaddleOCR with the options ocrfleet's engine passes on CPU (tasks/engine.py), written out by hand.
 
-    The recognition batch size too: comparisons measure what ocrfleet adds or saves, not a setting.
-    `det_max_side`: detect text on the page scaled to at most this many pixels on its long side (PaddleOCR 2's
-    default, 960), instead of PaddleOCR 3's default (the page as it is, up to 4000 px).
+    The recognition batch size and detection size too: comparisons measure what ocrfleet adds or saves, not a
+    setting. `det_max_side`: detect text on the page scaled to at most this many pixels on its long side
+    (ocrfleet's default, 960); 0: PaddleOCR 3's own default (the page as it is, up to 4000 px).
     """
     from paddleocr import PaddleOCR
 
@@ -53,13 +53,13 @@ def plain_paddleocr(models: ModelDirs, threads: int, det_max_side: int | None = 
 
 
 def _reader(models: ModelDirs, threads: int, via_ocrfleet_engine: bool, rec_batch: int = 6,
-            det_max_side: int | None = None) -> Callable[[str], str]:
+            det_max_side: int = DET_LIMIT[0]) -> Callable[[str], str]:
     """A function from a page's path to its text, loaded once."""
     if via_ocrfleet_engine:
         from tasks.engine import PaddleOcrEngine
         from tasks.pages import load_page
 
-        engine = PaddleOcrEngine(models, "cpu", threads, rec_batch)
+        engine = PaddleOcrEngine(models, "cpu", threads, rec_batch, det_limit=(det_max_side or None, "max"))
         return lambda path: "\n".join(line.text for line in engine(load_page(path, 0, dpi=150, max_pixels=10**9)))
     pipeline = plain_paddleocr(models, threads, det_max_side)
     return lambda path: "\n".join(pipeline.predict(path)[0]["rec_texts"])
@@ -71,7 +71,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--via-ocrfleet-engine", action="store_true", help="use tasks.engine.PaddleOcrEngine")
     parser.add_argument("--rec-batch", type=int, default=6, help="text_recognition_batch_size (ocrfleet engine)")
-    parser.add_argument("--det-max-side", type=int, help="text detection on the page scaled to this long side")
+    parser.add_argument("--det-max-side", type=int, default=DET_LIMIT[0],
+                        help="text detection on the page scaled to this long side; 0: PaddleOCR 3's own default")
     parser.add_argument("pages", nargs="+")
     args = parser.parse_args()
     started = time.monotonic()

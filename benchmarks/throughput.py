@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tasks.models import DET_LIMIT
 from benchmarks import corpus
 from benchmarks.fleet import ROOT, FleetRun, bench_env, run_fleet
 from benchmarks.report import Figure, figure, median_ratio
@@ -16,11 +17,11 @@ GROUPS = ("overhead", "scaling", "startup", "busy")
 
 
 def plain_loop(pages: list[Path], engine: str, threads: int, via_ocrfleet_engine: bool = False,
-               rec_batch: int = 6, det_max_side: int | None = None) -> dict:
+               rec_batch: int = 6, det_max_side: int = DET_LIMIT[0]) -> dict:
     """One run of `benchmarks.plain_loop` in its own process, with the same thread variables as a worker."""
     command = [sys.executable, "-m", "benchmarks.plain_loop", "--engine", engine, "--threads", str(threads),
                "--rec-batch", str(rec_batch), *(["--via-ocrfleet-engine"] if via_ocrfleet_engine else []),
-               *(["--det-max-side", str(det_max_side)] if det_max_side else []), *map(str, pages)]
+               "--det-max-side", str(det_max_side), *map(str, pages)]
     done = subprocess.run(command, env=bench_env(threads), cwd=ROOT, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
