@@ -33,6 +33,8 @@ FONTS = ("Helvetica", "Times-Roman", "Courier")
 SIZES = (8, 10, 12)
 DEFAULT_DPI = JobConfig.model_fields["pdf_dpi"].default
 TOLERANCE = 0.5  # points of character accuracy a cheaper resolution may give up against the best one
+WORDS_TOLERANCE = 3.0  # points of word accuracy it may give up: above that, runs of words are read together
+SLOWER = 1.25  # at most this many times the fastest resolution's seconds per page
 
 
 def measure(quick: bool, work: Path) -> list[Figure]:
@@ -56,11 +58,14 @@ def measure(quick: bool, work: Path) -> list[Figure]:
               f"{'8 lines' if quick else 'full pages'} of invoice and ledger lines), each rendered by "
               f"`tasks.pages.PageReader` and read by `PaddleOcrEngine` (onnxruntime, PP-OCRv4 mobile, 1 thread) at "
               f"every resolution, model load {read['load_s']:.1f} s apart. Rule: the lowest resolution within "
-              f"{TOLERANCE} points of the best character accuracy. Seconds are render + OCR, median per page."
+              f"{TOLERANCE} points of the best character accuracy and {WORDS_TOLERANCE:g} points of the best word "
+              f"accuracy, at most {SLOWER:g}x the fastest one's seconds per page (else the lowest within "
+              f"{TOLERANCE} points of the best character accuracy). Seconds are render + OCR, median per page."
               + _markdown(table) + _by_font_and_size(rows))
     return [figure("dpi", "default `pdf_dpi` = measured best trade-off", best, "dpi", f"= {DEFAULT_DPI} (the default)",
                    best == DEFAULT_DPI, detail,
-                   f"{best} dpi reads within {TOLERANCE} points of the best character accuracy at "
+                   f"{best} dpi reads within {TOLERANCE} points of the best character accuracy (and "
+                   f"{WORDS_TOLERANCE:g} of the best word accuracy) at "
                    f"{table[best]['seconds']:.2f} s/page against {table[DEFAULT_DPI]['seconds']:.2f} s/page at "
                    f"{DEFAULT_DPI} (words {table[best]['words']:.1f}% against {table[DEFAULT_DPI]['words']:.1f}%): "
                    f"set `pdf_dpi` to {best} in tasks/config.py. Dropped spaces (words split as printed below 100%) "
@@ -68,9 +73,18 @@ def measure(quick: bool, work: Path) -> list[Figure]:
 
 
 def recommend(table: dict[int, dict[str, float]]) -> int:
-    """The lowest resolution whose character accuracy is within `TOLERANCE` points of the best one's."""
-    top = max(row["chars"] for row in table.values())
-    return min(dpi for dpi, row in table.items() if row["chars"] >= top - TOLERANCE)
+    """The lowest resolution that reads characters and words about as well as the best, for about the time.
+
+    Text detection runs on the page scaled to 960 px, so a finer rendering costs little time but gives the
+    recognizer sharper lines; word accuracy (spaces kept) is where that shows.
+    """
+    chars = max(row["chars"] for row in table.values())
+    words = max(row["words"] for row in table.values())
+    fastest = min(row["seconds"] for row in table.values())
+    good = [dpi for dpi, row in table.items() if row["chars"] >= chars - TOLERANCE]
+    both = [dpi for dpi in good if table[dpi]["words"] >= words - WORDS_TOLERANCE
+            and table[dpi]["seconds"] <= SLOWER * fastest]
+    return min(both or good)
 
 
 def read_pages(pdfs: list[str], dpis: tuple[int, ...]) -> dict:

@@ -104,7 +104,7 @@ def test_workers_read_s3_pages_and_a_vanished_object_fails_as_file_vanished(buck
     (folder / "empty.png").write_bytes(b"")
     upload(folder, f"{bucket}/in")
     config = load_config(None, inputs=[f"{bucket}/in/"], output_dir=str(tmp_path / "out"), devices="cpu:1",
-                         max_failure_rate=1.0)
+                         max_failure_rate=1.0, pdf_dpi=100)
     plan = prepare_run(config)
     s3().rm_file(storage.split_url(f"{bucket}/in/w102.png")[1])  # deleted after planning
     monkeypatch.setattr(launch, "WORKER_MODULE", "tests.faulty_worker")  # the real worker, a fake engine
