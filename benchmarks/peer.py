@@ -25,7 +25,7 @@ from tests.prefect_server import prefect_server
 
 PROCESSES = 2
 PDF_DPI = JobConfig.model_fields["pdf_dpi"].default  # ocrfleet's default; the peer is set to render the same
-SIDES = {"ephemeral": "ephemeral Prefect API", "server": "running Prefect server"}
+SIDES = {"ephemeral": "Prefect's ephemeral local API", "server": "a running Prefect server"}
 
 
 class PeerRun(BaseModel):
@@ -113,7 +113,7 @@ def measure(quick: bool, work: Path) -> list[Figure]:
     corpora = {
         "uniform": corpus.uniform(4, lines=8) if quick else corpus.uniform(40),
         "skewed": (corpus.skewed(6, 1, (8, 4), doc_lines=6, large_lines=30) if quick
-                   else corpus.skewed(30, 2, (60, 30), doc_lines=12, large_lines=40)),
+                   else corpus.skewed(30, 2, (60, 30), doc_lines=10, large_lines=40)),
     }
     figures = []
     with prefect_server(work / "prefect-server") as api_url:
@@ -168,7 +168,7 @@ def _breakdown(fleet: dict[str, list[FleetRun]], peer: list[PeerRun], server_cpu
     for side, label in SIDES.items():
         p = _median_phases(fleet[side])
         wall = statistics.median(run.watched.wall_s for run in fleet[side])
-        parts.append(f"ocrfleet with a {label}: {wall:.1f} s = {p['to_worker']:.1f} s to its first worker "
+        parts.append(f"ocrfleet on {label}: {wall:.1f} s = {p['to_worker']:.1f} s to its first worker "
                      f"process (Python, Prefect{', its local API' if side == 'ephemeral' else ''}, flow, plan) "
                      f"+ {p['to_first_page']:.1f} s worker start and model load + {p['ocr']:.1f} s OCR phase + "
                      f"{p['after']:.1f} s after the last page (worker exit, reduce, outputs, Prefect shutdown)")
@@ -206,7 +206,7 @@ def _compare(name: str, folder: Path, fleet: dict[str, list[FleetRun]], peer: li
     figures = []
     for side, label in SIDES.items():
         ratio = median_ratio([p.watched.wall_s for p in peer], [f.watched.wall_s for f in fleet[side]])
-        figures.append(figure("peer", f"peer {name}: end to end, ocrfleet on a {label} (peer wall / ocrfleet wall)",
+        figures.append(figure("peer", f"peer {name}: end to end, ocrfleet on {label} (peer wall / ocrfleet wall)",
                               ratio, "x", f">= {target:.1f}x", ratio >= target, f"{on}. {breakdown}", why))
     figures.append(figure("peer", f"peer {name}: OCR phase (peer / ocrfleet)", ocr_phase, "x", f">= {target:.1f}x",
                           ocr_phase >= target, "first page begun to last page done, both ocrfleet runs of each rep "
