@@ -257,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in _FLOW_COMMANDS:
             # The process ends next. Exit still runs atexit handlers (Prefect's log drain, stopping its
             # temporary server); the freeze spares only the interpreter's last garbage collections over
-            # Prefect's heap: 1-4 s on a 2-core box, the most with the ephemeral API's server modules loaded.
+            # Prefect's heap: on an idle 2-core box 1 s with the ephemeral API's server modules loaded and
+            # 0.3 s without, several times that on a busy one.
             gc.freeze()
 
 

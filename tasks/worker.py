@@ -294,6 +294,7 @@ def main(argv: list[str] | None = None, engine_factory: Callable[..., OcrEngine]
 if __name__ == "__main__":
     code = main()
     # Exit still runs atexit handlers and flushes files; the freeze spares only the interpreter's last garbage
-    # collections over PaddleOCR's heap (0.7-1.8 s per worker on a 2-core box, before the reduce can start).
+    # collections over PaddleOCR's heap, which the reduce waits for: 0.1 s on an idle 2-core box, up to 1.8 s
+    # on a busy one.
     gc.freeze()
     sys.exit(code)
