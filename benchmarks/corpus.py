@@ -124,32 +124,18 @@ def repeated(count: int, with_a4: bool) -> Path:
     return folder
 
 
-def skewed(small: int, large: int, documents: int, document_pages: int, doc_lines: int, as_pdf: bool,
-           large_lines: int = 60) -> Path:
-    """Many small scraps, a few 300-dpi A4 pages, and several multi-page documents.
-
-    With `as_pdf` each document is one PDF (how multi-page inputs arrive); without it, one image per page.
-    """
-    kind = "pdf" if as_pdf else "png"
-    folder = CACHE / f"skewed-{small}s-{large}x{large_lines}l-{documents}x{document_pages}x{doc_lines}l-{kind}"
-    for index in range(small):
+def skewed(scraps: int, large: int, documents: tuple[int, ...], doc_lines: int, large_lines: int = 60) -> Path:
+    """A scan batch skewed by page size and count: many receipt scraps, a few 300-dpi A4 pages, and a few
+    long scanned documents, one PDF of 100-dpi page images each, `documents` giving their page counts."""
+    pages = "+".join(map(str, documents))
+    folder = CACHE / f"skewed-{scraps}s-{large}x{large_lines}l-{pages}p{doc_lines}l"
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(scraps):
         small_page(folder / f"scrap-{index:04d}.png", seed=1000 + index)
     for index in range(large):
         page(folder / f"large-{index:02d}.png", 300, large_lines, seed=2000 + index)
-    for doc in range(documents):
-        pages = [page(CACHE / f"document-pages-{doc_lines}l" / f"doc-{doc:02d}-{number:03d}.png", 100, doc_lines,
-                      seed=3000 + doc * 100 + number) for number in range(document_pages)]
-        if as_pdf:
-            target = folder / f"document-{doc:02d}.pdf"
-            if not target.exists():
-                images = [Image.open(path).convert("RGB") for path in pages]
-                images[0].save(target, save_all=True, append_images=images[1:], resolution=100)
-        else:
-            for path in pages:
-                target = folder / f"document-{path.name}"
-                if not target.exists():
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    os.link(path, target)
+    for doc, count in enumerate(documents):
+        _scanned_stack(folder / f"document-{doc:02d}-{count}p.pdf", count, seed=3000 + doc * 100, lines=doc_lines)
     return folder
 
 

@@ -33,6 +33,7 @@ class Watched(BaseModel):
 
     returncode: int
     wall_s: float
+    started_at: float = 0.0  # wall-clock time (epoch) the command started, to place file times on its clock
     worker_start_s: float | None = None  # first worker (or peer) process seen
     first_record_s: float | None = None  # first record line on disk
     rss: list[RssSample] = []
@@ -72,11 +73,11 @@ def watch(command: list[str], env: dict[str, str], records_dir: Path | None = No
           worker_marker: str = "tasks.worker", log: Path | None = None) -> Watched:
     """Run `command` to its end, polling its process tree and `records_dir` every 0.1 s."""
     log = log or Path(os.devnull)
-    started = time.monotonic()
+    started, started_at = time.monotonic(), time.time()
     with open(log, "w") as sink:
         process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
         parent = psutil.Process(process.pid)
-        seen = Watched(returncode=0, wall_s=0.0)
+        seen = Watched(returncode=0, wall_s=0.0, started_at=started_at)
         last_rss = -RSS_EVERY_S
         while process.poll() is None:
             now = time.monotonic() - started
@@ -165,9 +166,22 @@ class FleetRun(BaseModel):
     @property
     def ocr_phase_s(self) -> float:
         """From the first shard's first page to the last shard's last page (reports end with their shard)."""
-        ends = self.report_mtimes
-        starts = [end - report["ocr_s"] for end, report in zip(ends, self.reports)]
-        return max(ends) - min(starts)
+        return max(self.report_mtimes) - self.ocr_started_at
+
+    @property
+    def ocr_started_at(self) -> float:
+        """Wall-clock time the first shard began its first page."""
+        return min(end - report["ocr_s"] for end, report in zip(self.report_mtimes, self.reports))
+
+    def phases(self) -> dict[str, float]:
+        """Where the wall time went, seen from outside: seconds from command start to the first worker
+        process, from there to the first page (worker start-up and model load), the OCR phase, and from
+        the last page to the command's exit (worker exit, reduce, outputs, Prefect shutdown)."""
+        to_worker = self.watched.worker_start_s or 0.0
+        to_first_page = self.ocr_started_at - self.watched.started_at
+        to_last_page = max(self.report_mtimes) - self.watched.started_at
+        return {"to_worker": to_worker, "to_first_page": to_first_page - to_worker, "ocr": self.ocr_phase_s,
+                "after": self.watched.wall_s - to_last_page}
 
     @property
     def model_load_s(self) -> float:
@@ -175,8 +189,12 @@ class FleetRun(BaseModel):
 
 
 def run_fleet(inputs: list[Path], out: Path, workers: int, threads: int, engine: str = "onnxruntime",
-              settings: dict | None = None) -> FleetRun:
-    """A fresh `ocrfleet run` on CPU workers, as from a shell; `settings` go in a `--config` YAML file."""
+              settings: dict | None = None, api_url: str | None = None) -> FleetRun:
+    """A fresh `ocrfleet run` on CPU workers, as from a shell; `settings` go in a `--config` YAML file.
+
+    With `api_url` the flow reports to that (already running) Prefect server; without, to the ephemeral
+    local API that Prefect starts for the command, whatever PREFECT_API_URL this process has.
+    """
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     command = [sys.executable, "-m", "tasks.cli", "run", *map(str, inputs), "--output", str(out),
@@ -185,9 +203,16 @@ def run_fleet(inputs: list[Path], out: Path, workers: int, threads: int, engine:
         config = out.parent / f"{out.name}.yaml"
         config.write_text(yaml.safe_dump(settings))
         command += ["--config", str(config)]
-    watched = watch(command, bench_env(), records_dir=out / "records", log=out.parent / f"{out.name}.log")
+    env = bench_env()
+    env.pop("PREFECT_API_URL", None)
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    log = out.parent / f"{out.name}.log"
+    watched = watch(command, env, records_dir=out / "records", log=log)
     if watched.returncode != 0:
         raise RuntimeError(f"ocrfleet exited {watched.returncode}:\n{watched.output_tail}")
+    if ("Starting temporary server" in log.read_text(errors="replace")) != (api_url is None):
+        raise RuntimeError(f"ocrfleet did not use the Prefect API it was given ({api_url or 'ephemeral'}): see {log}")
     paths = sorted((out / "reports").glob("*.json"))
     summary_path = out / "summary.json"
     return FleetRun(watched=watched, reports=[json.loads(path.read_text()) for path in paths],

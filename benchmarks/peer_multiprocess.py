@@ -2,20 +2,27 @@
 
 Source: PaddleOCR 3.x docs, "Parallel Inference in Pipeline" -> "Example of Multi-Process Parallel
 Inference" (docs/version3.x/pipeline_usage/instructions/parallel_inference.en.md in PaddlePaddle/PaddleOCR;
-https://www.paddleocr.ai/latest/en/version3.x/pipeline_usage/instructions/parallel_inference.html).
-Kept as documented: a `multiprocessing.Manager().Queue()` filled with every path of `input_dir.glob(...)`,
-one `Process` per (device, instance) that builds its pipeline once and then pulls paths with `get_nowait()`
-until the queue is empty, `pipeline.predict(batch)` with `batch_size` 1, `result.save_to_json(...)` per
-page, and an error for a batch printed and skipped.
+https://www.paddleocr.ai/latest/en/version3.x/pipeline_usage/instructions/parallel_inference.html), the
+same script as PaddleX's "Pipeline Parallel Inference" page with `create_pipeline` in place of
+`getattr(paddleocr, class_name)(device=device)`
+(https://paddlepaddle.github.io/PaddleX/latest/en/pipeline_usage/instructions/parallel_inference.html).
+Kept as documented: a `multiprocessing.Manager().Queue()` filled with every path of `input_dir.glob(...)`
+(directory order, unsorted), one `Process` per (device, instance) that builds its pipeline once and then
+pulls paths with `get_nowait()` until the queue is empty, `pipeline.predict(batch)` with `batch_size` 1,
+`result.save_to_json(...)` per page (`{stem}_{page_index}.json` for PDF pages), and an error for a batch
+printed and skipped. A PDF is one queue item: the process that takes it reads all its pages, which
+PaddleX renders at zoom `PADDLE_PDX_PDF_RENDER_SCALE` (paddlex/utils/flags.py; 2.0 unless set).
 Changed, so both sides use the same models and threads: the pipeline is `PaddleOCR` built exactly as
 `benchmarks.plain_loop.plain_paddleocr` (ocrfleet's bundled models and engine options), and `--device cpu`
 with `--instances_per_device N` is accepted (the original asks for two or more GPU ids). Each process also
-prints when its pipeline was ready and when it ran out of work, so that the OCR phase can be timed.
+prints when its pipeline was ready and when it ran out of work, and its pid and the time on each
+`Processed` line, so that the OCR phase and each file's time can be told.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from multiprocessing import Manager, Process
@@ -27,7 +34,7 @@ def worker(engine: str, threads: int, device: str, task_queue, batch_size: int, 
     from benchmarks.plain_loop import bundled_models, plain_paddleocr
 
     pipeline = plain_paddleocr(bundled_models(engine), threads)
-    print(f"ready {time.time():.6f}", flush=True)
+    print(f"ready {os.getpid()} {time.time():.6f}", flush=True)
     should_end = False
     batch: list[str] = []
     while not should_end:
@@ -46,11 +53,11 @@ def worker(engine: str, threads: int, device: str, task_queue, batch_size: int, 
                     else:
                         output_path = f"{input_path.stem}.json"
                     result.save_to_json(str(Path(output_dir, output_path)))
-                    print(f"Processed {str(input_path)!r}", flush=True)
+                    print(f"Processed {str(input_path)!r} {os.getpid()} {time.time():.6f}", flush=True)
             except Exception as exc:
                 print(f"Error processing {batch} on {device!r}: {exc}", file=sys.stderr)
             batch.clear()
-    print(f"finished {time.time():.6f}", flush=True)
+    print(f"finished {os.getpid()} {time.time():.6f}", flush=True)
 
 
 def main() -> int:
