@@ -2,15 +2,18 @@
 
 import time
 from pathlib import Path
+from uuid import UUID
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.logging.loggers import flow_run_logger
 from prefect.futures import PrefectFuture, wait
 from prefect.runtime import flow_run
+from prefect.states import Cancelled
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from tasks.cancel_watch import CancelWatch
 from tasks.corpus import ChunkPlan, ChunkRun, CorpusConfig, CorpusSummary
-from tasks.corpus_tasks import cancel_chunk_runs, plan_chunks, reduce_chunks, run_chunk
+from tasks.corpus_tasks import cancel_chunk_runs, plan_chunks, reduce_chunks, reset_corpus, run_chunk, stop_corpus
 from tasks.lock import hold_run_dir
 from tasks.ocr_tasks import publish_outputs
 from tasks.reporting import ProgressReporter, publish_corpus_summary
@@ -40,12 +43,21 @@ def corpus_run(config: CorpusConfig) -> CorpusSummary:
     started = time.monotonic()
     holder = f"corpus flow run {flow_run.get_name() or flow_run.get_id()}"
     with hold_run_dir(Path(config.job.output_dir), holder):
+        reset_corpus(config.job.output_dir)
         plan = plan_chunks(config)
         progress = ProgressReporter(plan.pages_total, len(plan.chunks), min_interval_s=0, unit="chunks")
-        futures = [run_chunk.submit(config, spec) for spec in plan.chunks]
-        for spec, future in zip(plan.chunks, futures):
-            future.add_done_callback(lambda done, spec=spec: _count(progress, spec, done))
-        wait(futures)
+
+        def stop(why: str) -> None:
+            stopped = stop_corpus(config.job.output_dir, UUID(flow_run.get_id()), why)
+            get_run_logger().warning("%s: cancelled %d chunk run(s) still going", why, len(stopped))
+
+        with CancelWatch(stop) as cancel:
+            futures = [run_chunk.submit(config, spec) for spec in plan.chunks]
+            for spec, future in zip(plan.chunks, futures):
+                future.add_done_callback(lambda done, spec=spec: _count(progress, spec, done))
+            wait(futures)
+        if cancel.cancelled.is_set():
+            return Cancelled(message="corpus run cancelled: its chunk runs were cancelled; a rerun resumes")
         runs = {spec.chunk: future.result() if future.state.is_completed() else
                 ChunkRun(chunk=spec.chunk, state="ERROR", error=f"its task failed: {future.state.message}")
                 for spec, future in zip(plan.chunks, futures)}

@@ -6,9 +6,12 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.futures import wait
 from prefect.runtime import flow_run
+from prefect.states import Cancelled
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from tasks.cancel_watch import CancelWatch
 from tasks.config import JobConfig
+from tasks.launch import abort_run
 from tasks.lock import hold_devices, hold_run_dir
 from tasks.ocr_tasks import plan_run, publish_outputs, reduce_shards, run_shard
 from tasks.reporting import ProgressReporter, publish_summary
@@ -29,10 +32,13 @@ def ocr_run(config: JobConfig) -> RunSummary:
     with hold_run_dir(run_dir, holder):
         plan = plan_run(config)
         progress = ProgressReporter(plan.pages_total - plan.pages_skipped, len(plan.shards))
-        with hold_devices([spec.device for spec in plan.shards], holder, say=get_run_logger().warning):
+        with (hold_devices([spec.device for spec in plan.shards], holder, say=get_run_logger().warning),
+              CancelWatch(lambda why: abort_run(run_dir, why)) as cancel):
             shard_task = run_shard.with_options(retries=config.shard_retries)
             futures = [shard_task.submit(run_dir, spec, progress) for spec in plan.shards]
             wait(futures)
+        if cancel.cancelled.is_set():
+            return Cancelled(message="run cancelled: its workers were stopped; a rerun resumes from their records")
         shard_errors = {
             spec.shard: str(future.state.result(raise_on_failure=False))
             for spec, future in zip(plan.shards, futures)

@@ -300,6 +300,21 @@ def chunk_runs(api_url: str, corpus_flow_run_id: str) -> list[dict]:
                     {"flow_runs": {"parent_flow_run_id": {"any_": [corpus_flow_run_id]}}})
 
 
+def stuck_report(api_url: str, children: list[dict], home: Path) -> str:
+    """Each chunk run's end state, the state history of those not ended, and the machines' worker logs."""
+    from tests.prefect_server import api_call
+
+    lines = [f"chunk runs: {sorted(child['state_type'] for child in children)}"]
+    for child in children:
+        if child["state_type"] not in {"CANCELLED", "COMPLETED"}:
+            history = api_call(api_url, f"flow_run_states/?flow_run_id={child['id']}")
+            lines.append(f"{child['name']} (run_count {child['run_count']}, pid {child['infrastructure_pid']}): " + " -> ".join(
+                f"{state['name']} [{state['timestamp'][11:23]}] {state.get('message') or ''}".strip() for state in history))
+    for log in sorted(home.glob("*/worker*.log")):
+        lines.append(f"--- {log.parent.name}\n" + log.read_text(errors="replace")[-3000:])
+    return "\n".join(lines)
+
+
 def ocr_workers(under: Path) -> list:
     """Live OCR worker processes whose run dir is under `under` (other tests' workers may be running)."""
     import psutil
@@ -353,7 +368,7 @@ def test_cancelling_a_corpus_run_cancels_its_chunk_runs_running_and_queued(tmp_p
         ended = sorted(child["state_type"] for child in children)
         # Chunks may finish while the cancel travels (Prefect's runner takes up to ~30 s to stop the corpus
         # run's process); every other one is cancelled, running or queued, and none is left going.
-        assert set(ended) <= {"CANCELLED", "COMPLETED"} and len(ended) == 8, ended
+        assert set(ended) <= {"CANCELLED", "COMPLETED"} and len(ended) == 8, stuck_report(api_url, children, home)
         never_started = [child for child in children if child["state_type"] == "CANCELLED" and child["run_count"] == 0]
         assert never_started, "no queued chunk run was cancelled"
         assert not (shared / "corpus" / "results.jsonl").exists()

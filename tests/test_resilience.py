@@ -97,6 +97,44 @@ def test_a_worker_stopped_by_sigterm_is_not_restarted_and_a_rerun_resumes(faulty
     assert summary.pages_ok == 6 and summary.pages_skipped == 3
 
 
+def test_a_run_that_reads_its_own_cancel_stops_its_workers_even_when_nobody_kills_it(prefect_api, faulty, tmp_path):
+    """Prefect kills a cancelled run's process from outside, and misses a cancel that lands while the run's
+    process starts. A flow called in-process has nobody outside at all: it must read its own cancel."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.states import Cancelling
+
+    from flows.ocr_flow import ocr_run
+
+    faulty(hang=[103])  # the shard can only end by being stopped: page_timeout_s is far away
+    out, plan = plan_cpu(tmp_path, range(100, 106), page_timeout_s=3600)
+    name = f"cancel-{tmp_path.name}"
+
+    def cancel_once_pages_are_written():
+        deadline = time.monotonic() + 120
+        while len(complete_records(shard_paths(out, 0)["records"])) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        with get_client(sync_client=True) as client:
+            [run] = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name])))
+            client.set_flow_run_state(run.id, Cancelling(message="from the test"), force=True)
+
+    canceller = threading.Thread(target=cancel_once_pages_are_written, daemon=True)
+    canceller.start()
+    started = time.monotonic()
+    state = ocr_run.with_options(flow_run_name=name)(plan.config, return_state=True)
+    assert state.is_cancelled() and "workers were stopped" in state.message, state
+    assert time.monotonic() - started < 120
+    with get_client(sync_client=True) as client:
+        [run] = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name])))
+        assert run.state.type.value == "CANCELLED"
+    assert len(complete_records(shard_paths(out, 0)["records"])) == 3
+    assert not (out / "summary.json").exists()
+    faulty()
+    launch.reset_run(out)  # as the rerun's plan task does
+    summary = run_all(out, prepare_run(plan.config))
+    assert summary.pages_ok == 6 and summary.pages_skipped == 3
+
+
 def test_a_page_that_hangs_is_killed_after_page_timeout_and_quarantined(faulty, tmp_path):
     faulty(hang=[101])
     out, plan = plan_cpu(tmp_path, range(100, 104), page_timeout_s=1.0)
