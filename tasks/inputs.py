@@ -119,7 +119,7 @@ def list_pages(inputs: Sequence[str], *, dpi: int = 100, include_globs: Sequence
     paths = sorted(kept)  # linear when they come in order, as from a walk or a sorted manifest
     facts = _file_facts(paths)
     _check_named_files_exist(kept, {path for path, found in zip(paths, facts) if not found[2]}, problems)
-    _raise_if(problems, "inputs that cannot be used")
+    raise_if(problems, "inputs that cannot be used")
     multi = {path for path in paths if _suffix(path) in MULTI_PAGE_SUFFIXES}
     probe = len(paths) - len(multi) <= PROBE_LIMIT  # few enough plain images to read their headers
     # Any other file, as nearly all of a million inputs are, is one page costed by its size.
@@ -130,7 +130,7 @@ def list_pages(inputs: Sequence[str], *, dpi: int = 100, include_globs: Sequence
             pages.extend(_pages_of(path, kept[path], size, mtime_ns, dpi=dpi, probe=probe, problems=problems))
         else:
             pages.append(Page(path, 0, size * PIXELS_PER_BYTE, size, mtime_ns))
-    _raise_if(problems, "pages asked for do not exist")
+    raise_if(problems, "pages asked for do not exist")
     return pages
 
 
@@ -226,53 +226,61 @@ def _read_manifest(manifest: Path, column: str, problems: list[str]) -> Iterator
 
 
 def _manifest_rows(manifest: Path, column: str, problems: list[str]) -> Iterator[tuple[int, dict | str]]:
-    """Each row with its line number: a `.txt` row is the name itself, any other row a dict."""
     suffix = _suffix(manifest.name)
     try:
         with open(manifest, encoding="utf-8", newline="" if suffix == ".csv" else None) as handle:
-            if suffix == ".csv":
-                reader = csv.DictReader(handle)
-                if column not in (reader.fieldnames or []):
-                    raise InputError(f"{manifest}:1: no {column!r} column (columns: {reader.fieldnames}); "
-                                     "set manifest_path_column to the column holding the paths")
-                for row in reader:
-                    yield reader.line_num, row
-                return
-            for number, text in enumerate(handle, 1):
-                if suffix == ".txt":
-                    text = text.strip()
-                    if text and text[0] != "#":
-                        yield number, text
-                elif text.strip():
-                    try:
-                        row = json.loads(text)
-                    except json.JSONDecodeError as exc:
-                        problems.append(f"{manifest}:{number}: not valid JSON ({exc.msg})")
-                        continue
-                    yield number, row if isinstance(row, dict) else {"_not_object": row}
+            yield from manifest_rows(handle, suffix, str(manifest), column, problems)
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{manifest}: cannot read the manifest: {exc}") from exc
+
+
+def manifest_rows(handle: Iterable[str], suffix: str, location: str, column: str,
+                  problems: list[str]) -> Iterator[tuple[int, dict | str]]:
+    """Each row of a manifest's lines with its line number: a `.txt` row is the name itself, any other a dict.
+
+    `handle` yields the lines (an open file, or `io.StringIO` over an object's text, opened with newline=""
+    for a `.csv`); a line that is not JSON is added to `problems`, naming `location` and the line.
+    """
+    if suffix == ".csv":
+        reader = csv.DictReader(handle)
+        if column not in (reader.fieldnames or []):
+            raise InputError(f"{location}:1: no {column!r} column (columns: {reader.fieldnames}); "
+                             "set manifest_path_column to the column holding the paths")
+        for row in reader:
+            yield reader.line_num, row
+        return
+    for number, text in enumerate(handle, 1):
+        if suffix == ".txt":
+            text = text.strip()
+            if text and text[0] != "#":
+                yield number, text
+        elif text.strip():
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as exc:
+                problems.append(f"{location}:{number}: not valid JSON ({exc.msg})")
+                continue
+            yield number, row if isinstance(row, dict) else {"_not_object": row}
+
+
+def split_range(name: str) -> tuple[str, frozenset[int]] | None:
+    """`a.pdf[1-3,8]` as (`a.pdf`, its pages); None when the name ends in no range. A bad range raises ValueError."""
+    ranged = _RANGE_SUFFIX.fullmatch(name) if name[-1:] == "]" else None
+    return None if ranged is None else (ranged[1], parse_page_range(ranged[2]))
 
 
 def _txt_row(folder: str, name: str) -> tuple[str, Pages, None]:
     # A million-row manifest spends most of its time here: plain strings, and the range only looked for after `]`.
     path, pages = _row_path(folder, name), None
-    if name[-1] == "]" and not os.path.lexists(path):
-        ranged = _RANGE_SUFFIX.fullmatch(name)
-        if ranged:
-            path, pages = _row_path(folder, ranged[1]), parse_page_range(ranged[2])
+    if name[-1] == "]" and not os.path.lexists(path) and (ranged := split_range(name)):
+        path, pages = _row_path(folder, ranged[0]), ranged[1]
     if path[-6:].lower().endswith(_MANIFEST_ENDINGS):
         raise ValueError(f"{name}: a manifest cannot name another manifest")
     return path, pages, None
 
 
 def _manifest_row(folder: str, row: dict, column: str) -> tuple[str, Pages, float | None]:
-    if "_not_object" in row:
-        raise ValueError(f"expected a JSON object with a {column!r} key, got {row['_not_object']!r}")
-    name = row.get(column)
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"no path in {column!r}")
-    pages, cost = _row_pages(row.get("pages")), _row_cost(row.get("cost"))
+    name, pages, cost = row_fields(row, column)
     path = _row_path(folder, name)
     if path[-6:].lower().endswith(_MANIFEST_ENDINGS):
         raise ValueError(f"{name}: a manifest cannot name another manifest")
@@ -283,6 +291,16 @@ def _row_path(folder: str, name: str) -> str:
     if name[0] == "~":
         name = os.path.expanduser(name)
     return os.path.normpath(name if name[0] == "/" else os.path.join(folder, name))  # join costs more than normpath
+
+
+def row_fields(row: dict, column: str) -> tuple[str, Pages, float | None]:
+    """A csv/jsonl manifest row's name, pages and cost; ValueError says what is wrong with it."""
+    if "_not_object" in row:
+        raise ValueError(f"expected a JSON object with a {column!r} key, got {row['_not_object']!r}")
+    name = row.get(column)
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"no path in {column!r}")
+    return name, _row_pages(row.get("pages")), _row_cost(row.get("cost"))
 
 
 def _row_pages(value: object) -> Pages:
@@ -342,7 +360,8 @@ def _glob_matcher(globs: Sequence[str]) -> Callable[[str], bool] | None:
     return lambda path: bool(pattern.match(path) or pattern.match(os.path.basename(path)))
 
 
-def _raise_if(problems: list[str], what: str) -> None:
+def raise_if(problems: list[str], what: str) -> None:
+    """Raise InputError listing the first `_MAX_LISTED` problems, if there are any."""
     if problems:
         more = f"\n  ... and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
         raise InputError(f"{what}:\n  " + "\n  ".join(problems[:_MAX_LISTED]) + more)

@@ -16,9 +16,7 @@ each is fetched once at planning, on threads (a manifest with a `pages` column s
 
 from __future__ import annotations
 
-import csv
 import io
-import json
 import os
 import posixpath
 from collections.abc import Callable, Iterator, Sequence
@@ -26,15 +24,12 @@ from concurrent.futures import ThreadPoolExecutor
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-
 from tasks.inputs import (DOCUMENT_SUFFIXES, MANIFEST_SUFFIXES, MULTI_PAGE_SUFFIXES, PIXELS_PER_BYTE, InputError,
-                          parse_page_range)
+                          manifest_rows, raise_if, row_fields, split_range)
 from tasks.pages import probe_data
 from tasks.records import PageRef
 from tasks.storage import Stat, full_url, is_url, object_stat, read_object, split_url, stat_sources
 
-_RANGE = "]"
-_MAX_LISTED = 10
 _FETCH_THREADS = 8
 LETTER_INCHES = 8.5 * 11  # the page cost of a PDF page not read at planning: a letter page at `dpi`
 
@@ -95,7 +90,7 @@ def collect_remote(inputs: Sequence[str], local: Callable[[list[str]], list[Page
         kept[source].stat = stat
         if stat is None:
             problems.append(f"{kept[source].origin or source}: no such object or file")
-    _raise_if(problems, "inputs that cannot be used")
+    raise_if(problems, "inputs that cannot be used")
     pages = _page_refs(kept, dpi)
     rest = [spec for spec, is_remote in zip(inputs, remote) if not is_remote]
     try:
@@ -152,12 +147,9 @@ def _found(fs, listing: dict[str, dict]) -> list[Named]:
 
 
 def _ranged(name: str) -> tuple[str, frozenset[int]] | None:
-    """`a.pdf[1-3]` as (`a.pdf`, pages); None when the name carries no range."""
-    if not name.endswith(_RANGE) or "[" not in name:
-        return None
-    base, _, text = name[:-1].rpartition("[")
+    """`a.pdf[1-3]` as (`a.pdf`, pages); None when the name carries no (valid) range."""
     try:
-        return base, parse_page_range(text)
+        return split_range(name)
     except ValueError:
         return None
 
@@ -173,45 +165,27 @@ def _read_manifest(location: str, column: str, problems: list[str]) -> list[Name
             text, folder = local.read_text(encoding="utf-8"), os.path.dirname(os.path.abspath(local))
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{location}: cannot read the manifest: {exc}") from exc
+    suffix = _suffix(location)
     rows: list[Named] = []
-    for line, row in _rows(text, _suffix(location), location, column, problems):
+    lines = io.StringIO(text, newline="" if suffix == ".csv" else None)
+    for line, row in manifest_rows(lines, suffix, location, column, problems):
         try:
-            rows.append((*_row(folder, row, column), None, f"{location}:{line}: {row.get(column)}"))
+            named = row if isinstance(row, str) else row.get(column)
+            rows.append((*_row(folder, row, column), None, f"{location}:{line}: {named}"))
         except (ValueError, TypeError) as exc:
             problems.append(f"{location}:{line}: {exc}")
     return rows
 
 
-def _rows(text: str, suffix: str, location: str, column: str, problems: list[str]) -> Iterator[tuple[int, dict]]:
-    if suffix == ".csv":
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        if column not in (reader.fieldnames or []):
-            raise InputError(f"{location}:1: no {column!r} column (columns: {reader.fieldnames}); "
-                             "set manifest_path_column to the column holding the paths")
-        for row in reader:
-            yield reader.line_num, row
-        return
-    for number, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if suffix == ".txt" and line and not line.startswith("#"):
-            yield number, {column: line, "_txt": True}
-        elif suffix == ".jsonl" and line:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                problems.append(f"{location}:{number}: not valid JSON ({exc.msg})")
-                continue
-            yield number, row if isinstance(row, dict) else {column: None}
-
-
-def _row(folder: str, row: dict, column: str) -> tuple[str, Pages, float | None]:
-    name = row.get(column)
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"no path in {column!r}")
-    pages, cost = _pages(row.get("pages")), _cost(row.get("cost"))
-    ranged = _ranged(name) if row.get("_txt") else None
-    if ranged is not None and (is_url(name) or not os.path.lexists(_resolve(folder, name))):
-        name, pages = ranged
+def _row(folder: str, row: dict | str, column: str) -> tuple[str, Pages, float | None]:
+    """A row's source, pages and cost: a `.txt` row is a name, which may end in a page range."""
+    if isinstance(row, str):
+        name, pages, cost = row, None, None
+        ranged = _ranged(name)
+        if ranged is not None and (is_url(name) or not os.path.lexists(_resolve(folder, name))):
+            name, pages = ranged
+    else:
+        name, pages, cost = row_fields(row, column)
     source = _resolve(folder, name)
     if _suffix(source) in MANIFEST_SUFFIXES:
         raise ValueError(f"{name}: a manifest cannot name another manifest")
@@ -228,25 +202,6 @@ def _resolve(folder: str, name: str) -> str:
         scheme, path = folder.split("://", 1)
         return f"{scheme}://{posixpath.normpath(posixpath.join(path, name))}"
     return os.path.normpath(os.path.join(folder, os.path.expanduser(name)))
-
-
-def _pages(value: object) -> Pages:
-    if value is None or value == "":
-        return None
-    if isinstance(value, list) and all(isinstance(item, int) and not isinstance(item, bool) for item in value):
-        value = ",".join(map(str, value))
-    if isinstance(value, (str, int)) and not isinstance(value, bool):
-        return parse_page_range(str(value))
-    raise ValueError(f"bad pages {value!r}: write pages like \"1-5,8\" (counting from 1)")
-
-
-def _cost(value: object) -> float | None:
-    if value is None or value == "":
-        return None
-    cost = float(value)  # type: ignore[arg-type]
-    if not cost >= 0:
-        raise ValueError(f"bad cost {value!r}: a number of pixels, 0 or more")
-    return cost
 
 
 def _page_refs(kept: dict[str, _Wanted], dpi: int) -> list[PageRef]:
@@ -300,12 +255,6 @@ def _selected(source: str, include: Sequence[str], exclude: Sequence[str]) -> bo
     if include and not any(fnmatchcase(source, glob) or fnmatchcase(name, glob) for glob in include):
         return False
     return not any(fnmatchcase(source, glob) or fnmatchcase(name, glob) for glob in exclude)
-
-
-def _raise_if(problems: list[str], what: str) -> None:
-    if problems:
-        more = f"\n  ... and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
-        raise InputError(f"{what}:\n  " + "\n  ".join(problems[:_MAX_LISTED]) + more)
 
 
 def _suffix(name: str) -> str:

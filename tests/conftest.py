@@ -15,6 +15,17 @@ def model_cache(tmp_path_factory):
     return cache
 
 
+@pytest.fixture(scope="session", autouse=True)
+def stop_ephemeral_api_servers():
+    """Stop any API server Prefect started on its own (ephemeral mode) while pytest's output is still open:
+    left to Prefect's exit hook, its "Stopping temporary server" line hits a closed stream after the summary."""
+    yield
+    from prefect.server.api.server import SubprocessASGIServer
+
+    for server in list(SubprocessASGIServer._instances.values()):
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def prefect_api():
     """A local Prefect API for the whole session (it takes ~10 s to come up)."""

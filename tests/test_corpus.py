@@ -308,8 +308,9 @@ def stuck_report(api_url: str, children: list[dict], home: Path) -> str:
     for child in children:
         if child["state_type"] not in {"CANCELLED", "COMPLETED"}:
             history = api_call(api_url, f"flow_run_states/?flow_run_id={child['id']}")
-            lines.append(f"{child['name']} (run_count {child['run_count']}, pid {child['infrastructure_pid']}): " + " -> ".join(
-                f"{state['name']} [{state['timestamp'][11:23]}] {state.get('message') or ''}".strip() for state in history))
+            steps = " -> ".join(f"{state['name']} [{state['timestamp'][11:23]}] {state.get('message') or ''}".strip()
+                                for state in history)
+            lines.append(f"{child['name']} (run_count {child['run_count']}, pid {child['infrastructure_pid']}): {steps}")
     for log in sorted(home.glob("*/worker*.log")):
         lines.append(f"--- {log.parent.name}\n" + log.read_text(errors="replace")[-3000:])
     return "\n".join(lines)

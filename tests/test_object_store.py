@@ -96,6 +96,22 @@ def test_manifests_at_a_url_or_naming_urls_give_pages_without_reading_the_docume
         collect_pages([str(local)])
 
 
+def test_a_manifest_at_a_url_reports_every_bad_row_with_its_line_as_a_local_one_does(bucket, tmp_path):
+    upload(scans(tmp_path / "scans"), f"{bucket}/scans")
+    rows = ['{"path": "../scans/a.png"}', "{not json", '{"name": "a.png"}', '"a.png"', '{"path": "../scans/gone.png"}',
+            '{"path": "../scans/a.png", "pages": "x"}', '{"path": "../scans/a.png", "cost": -1}',
+            '{"path": "../scans/a.png", "cost": "inf"}', '{"path": "/etc/a.png"}']
+    fs, path = storage.split_url(f"{bucket}/lists/m.jsonl")
+    fs.pipe_file(path, ("\n".join(rows) + "\n").encode())
+    with pytest.raises(InputError) as caught:
+        collect_pages([f"{bucket}/lists/m.jsonl"])
+    message = str(caught.value)
+    for line in range(2, 10):
+        assert f"m.jsonl:{line}:" in message, message
+    assert "m.jsonl:1:" not in message and "not valid JSON" in message and "expected a JSON object" in message
+    assert "m.jsonl:8: bad cost 'inf'" in message and "gone.png: no such object" in message
+
+
 def test_workers_read_s3_pages_and_a_vanished_object_fails_as_file_vanished(bucket, tmp_path, monkeypatch):
     folder = tmp_path / "in"
     for width in (100, 101, 102):
