@@ -90,8 +90,10 @@ def _scaling(one: list[FleetRun], two: list[FleetRun], on: str) -> Figure:
     why = (f"per-worker speed ratio {per_worker:.2f}x says how much the two workers slow each other (shared cores, "
            f"memory bandwidth, other load on the machine): each worker got {share_two:.2f} CPU-seconds per second "
            f"of its life with 2 workers, {share_one:.2f} alone (below 1.0: it waited for a core). Shard imbalance "
-           f"{imbalance:.2f} says how much the plan's cost estimate (file size) left one worker idle at the end. "
-           "A quiet machine closes the first; pixel-count costs or more shards per device close the second.")
+           f"{imbalance:.2f}: the two shards hold equal work (identical pages, costed by pixel count), so it is one "
+           "worker running slower than the other on the shared cores, after which the faster one idles. On N GPUs "
+           "each worker has a device of its own and the CPU work per page is small, so neither applies; here, a "
+           "machine with a spare core for the flow process and the API beside the 2 workers would close both.")
     return figure("scaling", "scaling: 2 workers / 1 worker (OCR-phase pages/s)", ratio, "x", ">= 1.85x",
                   ratio >= 1.85, detail, why)
 

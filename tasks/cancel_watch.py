@@ -26,7 +26,7 @@ class CancelWatch:
     Outside a flow run (no id) it watches nothing.
     """
 
-    def __init__(self, on_cancel: Callable[[str], None], interval_s: float = 2.0) -> None:
+    def __init__(self, on_cancel: Callable[[str], None], interval_s: float = 5.0) -> None:
         self.on_cancel = on_cancel
         self.interval_s = interval_s
         self.cancelled = threading.Event()
