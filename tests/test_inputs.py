@@ -184,3 +184,18 @@ def test_one_file_named_on_many_rows_gets_every_page_with_its_own_cost(tmp_path)
     (tmp_path / "m.jsonl").write_text(rows)
     pages = collect_pages([str(tmp_path / "m.jsonl")])
     assert [(page.page, page.cost) for page in pages] == [(n - 1, float(n % 7 + 1)) for n in range(1, 20_001)]
+
+
+def test_files_stated_while_the_manifest_is_read_give_the_same_pages_and_missing_files(tmp_path, monkeypatch):
+    for n in range(23):
+        (tmp_path / f"p{n:02d}.png").write_bytes(b"x" * (n + 1))  # never opened: costs come from sizes
+    names = [f"p{n:02d}.png" for n in range(23)]
+    (tmp_path / "m.txt").write_text("\n".join(reversed(names)) + "\n")
+    monkeypatch.setattr(inputs_module, "PROBE_LIMIT", 0)
+    whole = collect_pages([str(tmp_path / "m.txt")], include_globs=["*"])  # globs: stat'ed after reading
+    monkeypatch.setattr(inputs_module._Stats, "_BATCH", 4)  # several batches, on the stat threads
+    early = collect_pages([str(tmp_path / "m.txt")])
+    assert early == whole and [page.size for page in early] == list(range(1, 24))
+    (tmp_path / "m.txt").write_text("\n".join(names + ["gone.png"]) + "\n")
+    with pytest.raises(InputError, match=r"m.txt:24: gone.png: no such file"):
+        collect_pages([str(tmp_path / "m.txt")])

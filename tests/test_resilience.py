@@ -106,8 +106,8 @@ def test_a_run_that_reads_its_own_cancel_stops_its_workers_even_when_nobody_kill
 
     from flows.ocr_flow import ocr_run
 
-    faulty(hang=[103])  # the shard can only end by being stopped: page_timeout_s is far away
-    out, plan = plan_cpu(tmp_path, range(100, 106), page_timeout_s=3600)
+    faulty(hang=[103])  # until page_timeout_s, after which, if nothing stopped it, the run would complete
+    out, plan = plan_cpu(tmp_path, range(100, 106), page_timeout_s=90)
     name = f"cancel-{tmp_path.name}"
 
     def cancel_once_pages_are_written():
@@ -120,10 +120,8 @@ def test_a_run_that_reads_its_own_cancel_stops_its_workers_even_when_nobody_kill
 
     canceller = threading.Thread(target=cancel_once_pages_are_written, daemon=True)
     canceller.start()
-    started = time.monotonic()
     state = ocr_run.with_options(flow_run_name=name)(plan.config, return_state=True)
     assert state.is_cancelled() and "workers were stopped" in state.message, state
-    assert time.monotonic() - started < 120
     with get_client(sync_client=True) as client:
         [run] = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name])))
         assert run.state.type.value == "CANCELLED"
