@@ -58,8 +58,8 @@ def run_chunk(config: CorpusConfig, spec: ChunkPlan) -> ChunkRun:
     with get_client(sync_client=True) as client:
         for attempt in range(1, config.chunk_attempts + 1):
             wait_until_free(Path(spec.output_dir), config.chunk_stall_s, config.poll_s, logger)
-            if (why := _stopping.get(Path(config.job.output_dir))) is not None:
-                run.state, run.error = "CANCELLED", f"not started: {why}"
+            if (stopped := _stopping.get(Path(config.job.output_dir))) is not None:
+                run.state, run.error = "CANCELLED", f"not started: {stopped}"
                 return run
             child = run_deployment(config.deployment, parameters=parameters, timeout=0, as_subflow=True,
                                    flow_run_name=f"chunk-{spec.chunk:05d}-try{attempt}")
@@ -73,8 +73,8 @@ def run_chunk(config: CorpusConfig, spec: ChunkPlan) -> ChunkRun:
             if state == "COMPLETED":
                 run.error = None
                 return run
-            if (why := _stopping.get(Path(config.job.output_dir))) is not None:
-                run.error = f"attempt {attempt} ended {state}: {why}"
+            if (stopped := _stopping.get(Path(config.job.output_dir))) is not None:
+                run.error = f"attempt {attempt} ended {state}: {stopped}"
                 return run
             run.error = f"gave up after {attempt} attempt(s); the last ended {state}: {why}"
             logger.warning("chunk %d: attempt %d ended %s: %s", spec.chunk, attempt, state, why)
@@ -108,9 +108,9 @@ def _follow(client: SyncPrefectClient, flow_run_id: UUID, spec: ChunkPlan, confi
         state = flow_run.state_type.value if flow_run.state_type else "SCHEDULED"
         if state in _ENDED:
             return state, (flow_run.state.message if flow_run.state else None) or "no message"
-        if state != "CANCELLING" and (why := _stopping.get(Path(config.job.output_dir))) is not None:
+        if state != "CANCELLING" and (stopped := _stopping.get(Path(config.job.output_dir))) is not None:
             # Started after stop_corpus listed the chunk runs: cancel it too.
-            client.set_flow_run_state(flow_run_id, Cancelling(message=why))
+            client.set_flow_run_state(flow_run_id, Cancelling(message=stopped))
         if watch.stalled(state):
             why = (f"{state} with no new bytes in {spec.output_dir} for {watch.quiet_s():.0f}s: "
                    "its machine is presumed dead")

@@ -265,6 +265,8 @@ def test_a_corpus_over_two_machines_completes_exactly_once_when_one_dies_mid_chu
         parents = {api_call(api_url, f"task_runs/{run['parent_task_run_id']}")["flow_run_id"]
                    for runs in children.values() for run in runs}
         artifacts = {artifact["key"]: artifact for artifact in run_artifacts(api_url, corpus_flow_run)}
+        logs = [entry["message"] for entry in api_call(api_url, "logs/filter", {
+            "logs": {"flow_run_id": {"any_": [corpus_flow_run]}}, "limit": 200})]
 
     out = shared / "corpus"
     assert summary.valid and summary.pages_planned == summary.pages_ok == single.pages_ok == 12
@@ -281,6 +283,8 @@ def test_a_corpus_over_two_machines_completes_exactly_once_when_one_dies_mid_chu
     first, second = children[killed.chunk]
     assert first["state_type"] == "CRASHED" and "presumed dead" in first["state"]["message"]
     assert second["state_type"] == "COMPLETED"
+    assert any(f"chunk {killed.chunk}: attempt 1 ended CRASHED: RUNNING with no new bytes" in line
+               and "presumed dead" in line for line in logs), logs  # the corpus run says why it started one again
     resumed = json.loads((killed_dir / "summary.json").read_text())
     assert resumed["pages_skipped"] >= written  # the dead machine's records were kept, not redone
     assert {worker for chunk in summary.chunks for worker in chunk.workers} == {"machine-a", "machine-b"}
