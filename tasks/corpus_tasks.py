@@ -13,9 +13,11 @@ from prefect.client.schemas.objects import StateType
 from prefect.deployments import run_deployment
 from prefect.states import Cancelling, Crashed
 
+from tasks.config import JobConfig
 from tasks.corpus import (ChunkPlan, ChunkRun, CorpusConfig, CorpusPlan, CorpusSummary, StallWatch, chunk_job,
                           plan_corpus, reduce_corpus, write_corpus_plan)
 from tasks.lock import RunDirBusy, check_run_dir
+from tasks.summary import up_to_date
 
 _ENDED = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
 
@@ -55,6 +57,11 @@ def run_chunk(config: CorpusConfig, spec: ChunkPlan) -> ChunkRun:
     logger = get_run_logger()
     run = ChunkRun(chunk=spec.chunk)
     parameters = {"config": chunk_job(config, spec)}
+    done = up_to_date(JobConfig.model_validate(parameters["config"]), as_before=True)
+    if done is not None and done.valid:  # a rerun of a finished corpus: no child run, no machine, no model load
+        logger.info("chunk %d: every page already done with the same settings; not started", spec.chunk)
+        run.state = "COMPLETED"
+        return run
     with get_client(sync_client=True) as client:
         for attempt in range(1, config.chunk_attempts + 1):
             wait_until_free(Path(spec.output_dir), config.chunk_stall_s, config.poll_s, logger)

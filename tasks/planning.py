@@ -122,16 +122,12 @@ def _collection_paused() -> Iterator[None]:
 def make_plan(config: JobConfig, placement: Placement | None = None) -> Planned:
     """Plan a run without writing anything: pages an earlier run already did are reused, not planned."""
     placement = placement or place_for(config)
-    candidates = failed_pages(config) if config.only_failed else list_pages(
-        config.inputs, dpi=config.pdf_dpi, include_globs=config.include_globs, exclude_globs=config.exclude_globs,
-        manifest_path_column=config.manifest_path_column)
     models = resolve_models(config, placement.devices)
     rec_batch_size = config.text_recognition_batch_size or REC_BATCH[models.engine]
     det_limit = (config.text_det_limit_side_len, config.text_det_limit_type)
     settings = fingerprint(models, f"text_recognition_batch_size={rec_batch_size}",
                            f"text_det_limit={det_limit[0]}/{det_limit[1]}")
-    pages, reused = split_done(candidates, prior_records(Path(config.output_dir)),
-                               lambda page: page_settings(settings, config, page))
+    candidates, pages, reused = pages_to_do(config, settings)
     slots = [device for device in placement.devices for _ in range(config.workers_per_device)]
     shard_pages = [ShardPages(members) for members in split_balanced(pages, min(len(slots), len(pages)))]
     # Spread shards over devices first, so that a small run still uses every device.
@@ -147,6 +143,16 @@ def make_plan(config: JobConfig, placement: Placement | None = None) -> Planned:
                 pages_total=len(candidates), pages_skipped=len(reused), shards=shards,
                 warnings=tuple(placement.warnings), versions=_versions())
     return Planned(plan, shard_pages, reused)
+
+
+def pages_to_do(config: JobConfig, settings: str) -> tuple[list[Page], list[Page], list[Prior]]:
+    """The pages `config` names; of them, those without a usable record under `settings`; the records reused."""
+    candidates = failed_pages(config) if config.only_failed else list_pages(
+        config.inputs, dpi=config.pdf_dpi, include_globs=config.include_globs, exclude_globs=config.exclude_globs,
+        manifest_path_column=config.manifest_path_column)
+    pages, reused = split_done(candidates, prior_records(Path(config.output_dir)),
+                               lambda page: page_settings(settings, config, page))
+    return candidates, pages, reused
 
 
 def failed_pages(config: JobConfig) -> list[Page]:

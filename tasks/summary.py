@@ -11,7 +11,7 @@ from pydantic import BaseModel, ValidationError
 from tasks.ledger import CARRIED
 from tasks.outputs import write_outputs
 from tasks.config import JobConfig
-from tasks.planning import Plan, make_plan, read_manifest, read_plan, shard_paths
+from tasks.planning import Plan, make_plan, pages_to_do, read_manifest, read_plan, shard_paths
 from tasks.records import PageRecord, RecordIdentity, ShardReport, complete_lines, write_atomic
 
 
@@ -206,11 +206,13 @@ def reconcile_lines(name: str, what: str, lines: list[str], planned: set[tuple[s
     return entries, problems
 
 
-def up_to_date(config: JobConfig) -> RunSummary | None:
+def up_to_date(config: JobConfig, as_before: bool = False) -> RunSummary | None:
     """The summary of the finished run in `config.output_dir`, if running `config` again would change nothing.
 
     That is: the same config, no page to do, and every page's earlier record exactly what `results.jsonl`
-    holds. A nightly run with nothing new then costs a listing and a read, not a Prefect run.
+    holds. A nightly run with nothing new then costs a listing and a read, not a Prefect run. `as_before`
+    judges the records by the models and engine the earlier run resolved instead of resolving them here: a
+    corpus's control machine checks a chunk that a GPU machine ran, and would resolve a CPU engine itself.
     """
     run_dir = Path(config.output_dir)
     try:
@@ -220,9 +222,15 @@ def up_to_date(config: JobConfig) -> RunSummary | None:
         return None
     if earlier.config != config:
         return None
-    planned = make_plan(config)
-    if planned.shard_pages or planned.plan.settings != earlier.settings:
-        return None
-    if [prior.line for prior in planned.reused] != complete_lines(run_dir / "results.jsonl"):
+    if as_before:
+        _, pages, reused = pages_to_do(config, earlier.settings)
+        if pages:
+            return None
+    else:
+        planned = make_plan(config)
+        if planned.shard_pages or planned.plan.settings != earlier.settings:
+            return None
+        reused = planned.reused
+    if [prior.line for prior in reused] != complete_lines(run_dir / "results.jsonl"):
         return None
     return summary

@@ -256,6 +256,11 @@ def test_a_corpus_over_two_machines_completes_exactly_once_when_one_dies_mid_chu
             assert killer.killed, "machine-a was never caught mid-chunk"
             single = ocr_run(JobConfig(inputs=(str(shared / "scans"),), output_dir=tmp_path / "single",
                                        devices="cpu:2"))
+            first_results = (shared / "corpus" / "results.jsonl").read_bytes()
+            # The same corpus again: every chunk is seen done from the control side, no machine is asked.
+            again = corpus_run(config, return_state=True)
+            assert again.is_completed(), again
+            rerun = again.result()
             # This process's logs and events reach the server before it stops, not at interpreter exit.
             APILogWorker.drain_all(timeout=10)
             EventsWorker.drain_all(timeout=10)
@@ -289,6 +294,8 @@ def test_a_corpus_over_two_machines_completes_exactly_once_when_one_dies_mid_chu
     assert resumed["pages_skipped"] >= written  # the dead machine's records were kept, not redone
     assert {worker for chunk in summary.chunks for worker in chunk.workers} == {"machine-a", "machine-b"}
     assert all(chunk.attempts == 1 for chunk in summary.chunks if chunk is not killed)
+    assert rerun.valid and rerun.pages_ok == 12 and [chunk.attempts for chunk in rerun.chunks] == [0] * 4
+    assert (out / "results.jsonl").read_bytes() == first_results
     # The corpus run's own artifacts: progress at 100%, a row per chunk, and the verdict.
     assert artifacts["ocrfleet-progress"]["data"] == 100.0
     rows = json.loads(artifacts["ocrfleet-corpus-chunks"]["data"])
