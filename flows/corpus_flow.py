@@ -42,29 +42,31 @@ def corpus_run(config: CorpusConfig) -> CorpusSummary:
     """OCR a corpus in chunks spread over every machine's worker; fail unless each page has exactly one record."""
     started = time.monotonic()
     holder = f"corpus flow run {flow_run.get_name() or flow_run.get_id()}"
+    corpus_flow_run_id, logger = UUID(flow_run.get_id()), get_run_logger()
+
+    def stop(why: str) -> None:
+        stopped = stop_corpus(config.job.output_dir, corpus_flow_run_id, why)
+        logger.warning("%s: cancelled %d chunk run(s) still going", why, len(stopped))
+
     with hold_run_dir(Path(config.job.output_dir), holder):
         reset_corpus(config.job.output_dir)
-        plan = plan_chunks(config)
-        progress = ProgressReporter(plan.pages_total, len(plan.chunks), min_interval_s=0, unit="chunks")
-
-        def stop(why: str) -> None:
-            stopped = stop_corpus(config.job.output_dir, UUID(flow_run.get_id()), why)
-            get_run_logger().warning("%s: cancelled %d chunk run(s) still going", why, len(stopped))
-
         with CancelWatch(stop) as cancel:
+            plan = plan_chunks(config)
+            progress = ProgressReporter(plan.pages_total, len(plan.chunks), min_interval_s=0, unit="chunks")
             futures = [run_chunk.submit(config, spec) for spec in plan.chunks]
             for spec, future in zip(plan.chunks, futures):
                 future.add_done_callback(lambda done, spec=spec: _count(progress, spec, done))
             wait(futures)
-        if cancel.cancelled.is_set():
-            return Cancelled(message="corpus run cancelled: its chunk runs were cancelled; a rerun resumes")
-        runs = {spec.chunk: future.result() if future.state.is_completed() else
-                ChunkRun(chunk=spec.chunk, state="ERROR", error=f"its task failed: {future.state.message}")
-                for spec, future in zip(plan.chunks, futures)}
-        summary = reduce_chunks(plan, runs, time.monotonic() - started)
-        progress.finish(summary.pages_ok + summary.pages_failed)
-        if summary.valid and config.job.publish_to:
-            publish_outputs(Path(config.job.output_dir), config.job.publish_to)
+            if not cancel.cancelled.is_set():
+                runs = {spec.chunk: future.result() if future.state.is_completed() else
+                        ChunkRun(chunk=spec.chunk, state="ERROR", error=f"its task failed: {future.state.message}")
+                        for spec, future in zip(plan.chunks, futures)}
+                summary = reduce_chunks(plan, runs, time.monotonic() - started)
+                progress.finish(summary.pages_ok + summary.pages_failed)
+                if summary.valid and config.job.publish_to:
+                    publish_outputs(Path(config.job.output_dir), config.job.publish_to)
+    if cancel.cancelled.is_set():  # Completed or Failed would be refused after a cancel: the run stays Cancelling
+        return Cancelled(message="corpus run cancelled; its chunk runs are cancelled, and a rerun resumes")
     publish_corpus_summary(summary)
     if not summary.valid:
         raise CorpusInvalid(summary.verdict())

@@ -11,7 +11,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks.cancel_watch import CancelWatch
 from tasks.config import JobConfig
-from tasks.launch import abort_run
+from tasks.launch import abort_run, reset_run
 from tasks.lock import hold_devices, hold_run_dir
 from tasks.ocr_tasks import plan_run, publish_outputs, reduce_shards, run_shard
 from tasks.reporting import ProgressReporter, publish_summary
@@ -30,23 +30,26 @@ def ocr_run(config: JobConfig) -> RunSummary:
     run_dir = Path(config.output_dir)
     holder = f"flow run {flow_run.get_name() or flow_run.get_id()}"
     with hold_run_dir(run_dir, holder):
-        plan = plan_run(config)
-        progress = ProgressReporter(plan.pages_total - plan.pages_skipped, len(plan.shards))
-        with (hold_devices([spec.device for spec in plan.shards], holder, say=get_run_logger().warning),
-              CancelWatch(lambda why: abort_run(run_dir, why)) as cancel):
-            shard_task = run_shard.with_options(retries=config.shard_retries)
-            futures = [shard_task.submit(run_dir, spec, progress) for spec in plan.shards]
-            wait(futures)
-        if cancel.cancelled.is_set():
-            return Cancelled(message="run cancelled: its workers were stopped; a rerun resumes from their records")
-        shard_errors = {
-            spec.shard: str(future.state.result(raise_on_failure=False))
-            for spec, future in zip(plan.shards, futures)
-            if not future.state.is_completed()
-        }
-        summary = reduce_shards(run_dir, shard_errors, time.monotonic() - started)
-        if summary.valid and config.publish_to:
-            publish_outputs(run_dir, config.publish_to)
+        reset_run(run_dir)  # an earlier run in this process may have stopped its workers: this one starts unblocked
+        # From here on a cancel stops the workers (those running and any yet to start) and ends the run.
+        with CancelWatch(lambda why: abort_run(run_dir, why)) as cancel:
+            plan = plan_run(config)
+            progress = ProgressReporter(plan.pages_total - plan.pages_skipped, len(plan.shards))
+            with hold_devices([spec.device for spec in plan.shards], holder, say=get_run_logger().warning):
+                shard_task = run_shard.with_options(retries=config.shard_retries)
+                futures = [shard_task.submit(run_dir, spec, progress) for spec in plan.shards]
+                wait(futures)
+            if not cancel.cancelled.is_set():
+                shard_errors = {
+                    spec.shard: str(future.state.result(raise_on_failure=False))
+                    for spec, future in zip(plan.shards, futures)
+                    if not future.state.is_completed()
+                }
+                summary = reduce_shards(run_dir, shard_errors, time.monotonic() - started)
+                if summary.valid and config.publish_to:
+                    publish_outputs(run_dir, config.publish_to)
+    if cancel.cancelled.is_set():  # Completed or Failed would be refused after a cancel: the run stays Cancelling
+        return Cancelled(message="run cancelled; its workers are stopped, and a rerun resumes from the records written")
     progress.finish(sum(shard.records for shard in summary.shards))
     publish_summary(summary, plan)
     if not summary.valid:

@@ -8,6 +8,7 @@ wait on workers or on chunk runs, so a corpus kept dispatching chunks for ~30 s 
 therefore also polls its own state, and stops its workers (or chunk runs) the moment it reads Cancelling.
 """
 
+import contextvars
 import threading
 from collections.abc import Callable
 from uuid import UUID
@@ -22,7 +23,8 @@ _CANCELLED = frozenset({StateType.CANCELLING, StateType.CANCELLED})
 class CancelWatch:
     """While open, read this flow run's state every `interval_s`; on Cancelling call `on_cancel(message)` once.
 
-    `cancelled` tells the flow, after its work returns, to end Cancelled rather than reduce a half run.
+    `cancelled` tells the flow, after its work returns, to end Cancelled rather than report a result the
+    server would refuse. The check runs once more on closing, for a cancel that lands as the work ends.
     Outside a flow run (no id) it watches nothing.
     """
 
@@ -31,11 +33,15 @@ class CancelWatch:
         self.interval_s = interval_s
         self.cancelled = threading.Event()
         self._closed = threading.Event()
+        self._fired = threading.Lock()
+        self._flow_run_id: UUID | None = None
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> "CancelWatch":
         if flow_run_id := flow_run.get_id():
-            self._thread = threading.Thread(target=self._watch, args=(UUID(flow_run_id),), daemon=True,
+            self._flow_run_id = UUID(flow_run_id)
+            # The flow's context (run id, run logger) goes with the thread: `on_cancel` may log to the run.
+            self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._watch,), daemon=True,
                                             name="ocrfleet-cancel-watch")
             self._thread.start()
         return self
@@ -44,26 +50,28 @@ class CancelWatch:
         self._closed.set()
         if self._thread is None:
             return
-        self._thread.join(timeout=self.interval_s + 30)
+        self._thread.join(timeout=self.interval_s + 5)
         if not self.cancelled.is_set():
-            # Work that ended just as the run was cancelled: a run reported Completed after a cancel would
-            # be refused by the server and stay Cancelling.
             with get_client(sync_client=True) as client:
-                self._check(client, UUID(flow_run.get_id()))
+                self._check(client, closing=True)
 
-    def _watch(self, flow_run_id: UUID) -> None:
+    def _watch(self) -> None:
         with get_client(sync_client=True) as client:
             while not self._closed.wait(self.interval_s):
-                if self._check(client, flow_run_id):
+                if self._check(client):
                     return
 
-    def _check(self, client, flow_run_id: UUID) -> bool:
+    def _check(self, client, closing: bool = False) -> bool:
         try:
-            state = client.read_flow_run(flow_run_id).state
+            state = client.read_flow_run(self._flow_run_id).state
         except Exception:  # the API is briefly unreachable: Prefect's own cancel path still works
             return False
         if state is None or state.type not in _CANCELLED:
             return False
+        # Once only, and never from a thread that outlived its watch (a slow read): by then the flow may
+        # have moved on to another run in the same process.
+        if (self._closed.is_set() and not closing) or not self._fired.acquire(blocking=False):
+            return True
         self.cancelled.set()
         self.on_cancel(f"the flow run was cancelled ({state.name}: {state.message or 'no message'})")
         return True

@@ -57,16 +57,18 @@ def run_chunk(config: CorpusConfig, spec: ChunkPlan) -> ChunkRun:
     logger = get_run_logger()
     run = ChunkRun(chunk=spec.chunk)
     parameters = {"config": chunk_job(config, spec)}
-    done = up_to_date(JobConfig.model_validate(parameters["config"]), as_before=True)
-    if done is not None and done.valid:  # a rerun of a finished corpus: no child run, no machine, no model load
+    job = JobConfig.model_validate(parameters["config"])
+    if Path(config.job.output_dir) not in _stopping and _finished(job, logger):
         logger.info("chunk %d: every page already done with the same settings; not started", spec.chunk)
         run.state = "COMPLETED"
         return run
     with get_client(sync_client=True) as client:
         for attempt in range(1, config.chunk_attempts + 1):
-            wait_until_free(Path(spec.output_dir), config.chunk_stall_s, config.poll_s, logger)
-            if (stopped := _stopping.get(Path(config.job.output_dir))) is not None:
-                run.state, run.error = "CANCELLED", f"not started: {stopped}"
+            if (stopped := _stopping.get(Path(config.job.output_dir))) is None:
+                wait_until_free(Path(spec.output_dir), config.chunk_stall_s, config.poll_s, logger)
+                stopped = _stopping.get(Path(config.job.output_dir))
+            if stopped is not None:
+                run.state, run.error = "CANCELLED", f"attempt {attempt} not started: {stopped}"
                 return run
             child = run_deployment(config.deployment, parameters=parameters, timeout=0, as_subflow=True,
                                    flow_run_name=f"chunk-{spec.chunk:05d}-try{attempt}")
@@ -86,6 +88,16 @@ def run_chunk(config: CorpusConfig, spec: ChunkPlan) -> ChunkRun:
             run.error = f"gave up after {attempt} attempt(s); the last ended {state}: {why}"
             logger.warning("chunk %d: attempt %d ended %s: %s", spec.chunk, attempt, state, why)
     return run
+
+
+def _finished(job: JobConfig, logger) -> bool:
+    """Whether the chunk's dir holds a finished run that running `job` again would not change (never raises)."""
+    try:
+        done = up_to_date(job, as_before=True)
+    except Exception as exc:  # the chunk's own run will list its inputs again and say what is wrong
+        logger.info("%s: not checked for being up to date (%s); starting it", job.output_dir, exc)
+        return False
+    return done is not None and done.valid
 
 
 def cancel_chunk_runs(corpus_flow_run_id: UUID, reason: str = "the corpus run was stopped") -> list[UUID]:
@@ -115,7 +127,9 @@ def _follow(client: SyncPrefectClient, flow_run_id: UUID, spec: ChunkPlan, confi
         state = flow_run.state_type.value if flow_run.state_type else "SCHEDULED"
         if state in _ENDED:
             return state, (flow_run.state.message if flow_run.state else None) or "no message"
-        if state != "CANCELLING" and (stopped := _stopping.get(Path(config.job.output_dir))) is not None:
+        if (stopped := _stopping.get(Path(config.job.output_dir))) is not None:
+            if state == "CANCELLING":  # its machine (or the run itself) stops it; a dead machine never would
+                return state, stopped
             # Started after stop_corpus listed the chunk runs: cancel it too.
             client.set_flow_run_state(flow_run_id, Cancelling(message=stopped))
         if watch.stalled(state):

@@ -452,7 +452,7 @@ class _Stats:
 
     def facts(self, paths: list[str]) -> list[Facts]:
         """The facts of `paths`, each of which was added."""
-        found = dict(zip(self._batch, map(_facts, self._batch)))  # the last, partial batch (all of a few files)
+        found = dict(zip(self._batch, _file_facts(self._batch)))  # the last, partial batch (all of a few files)
         for batch, future in self._parts:
             found.update(zip(batch, future.result()))
         return [found[path] for path in paths]

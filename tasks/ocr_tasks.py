@@ -6,7 +6,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.config import JobConfig
-from tasks.launch import NotRetryable, reset_run, run_worker
+from tasks.launch import NotRetryable, run_worker
 from tasks.planning import Plan, ShardPlan, place_for, prepare_run, shard_paths
 from tasks.publish import publish
 from tasks.reporting import ProgressReporter
@@ -21,7 +21,6 @@ def plan_run(config: JobConfig) -> Plan:
     for message in placement.warnings:
         logger.warning(message)
     plan = prepare_run(config, placement)
-    reset_run(Path(config.output_dir))  # a rerun in this process starts unblocked
     if plan.pages_skipped:
         logger.info("%d of %d pages already done by an earlier run: skipped", plan.pages_skipped, plan.pages_total)
     for spec in plan.shards:

@@ -384,3 +384,56 @@ def test_cancelling_a_corpus_run_cancels_its_chunk_runs_running_and_queued(tmp_p
         never_started = [child for child in children if child["state_type"] == "CANCELLED" and child["run_count"] == 0]
         assert never_started, "no queued chunk run was cancelled"
         assert not (shared / "corpus" / "results.jsonl").exists()
+
+
+@pytest.mark.prefect_server
+def test_a_corpus_run_started_in_process_reads_its_own_cancel_and_stops_its_chunk_runs(tmp_path, model_cache):
+    """`ocrfleet corpus` runs the corpus flow in its own process: no worker is there to kill it or run its
+    hooks on a cancel, so the run must read the cancel itself, stop every chunk run and end Cancelled."""
+    import threading
+    import time
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.corpus_flow import corpus_run
+    from tasks.deploy import deploy
+    from tests.pages import draw_page
+    from tests.prefect_server import ROOT, api_call, prefect_server
+
+    shared = tmp_path / "nfs"
+    for number in range(60):
+        draw_page(shared / "scans" / f"page-{number:02d}.png",
+                  [f"Cancel page {number}", *(f"Ledger line {line} of a slow page" for line in range(10))],
+                  size=(1400, 1000))
+    config = CorpusConfig.model_validate({"job": {"inputs": [str(shared / "scans")], "output_dir": str(shared / "out"),
+                                                  "progress_interval_s": 3600}, "chunks": 6, "poll_s": 1})
+    home = tmp_path / "prefect"
+    with contextlib.ExitStack() as stack:
+        api_url = stack.enter_context(prefect_server(
+            home / "server", PREFECT_SERVER_SERVICES_CANCELLATION_CLEANUP_ENABLED="false"))
+        deploy(ROOT, api_url=api_url)
+        stack.enter_context(machine(api_url, home / "a", "machine-a", "cpu:1"))
+
+        def cancel_once_a_chunk_ocrs():
+            deadline = time.monotonic() + 240
+            while not ocr_workers(shared) and time.monotonic() < deadline:
+                time.sleep(0.3)
+            [corpus] = api_call(api_url, "flow_runs/filter", {"flow_runs": {"parent_task_run_id": {"is_null_": True},
+                                                                            "name": {"any_": ["cancel-me"]}}})
+            api_call(api_url, f"flow_runs/{corpus['id']}/set_state", {"state": {"type": "CANCELLING"}, "force": True})
+
+        threading.Thread(target=cancel_once_a_chunk_ocrs, daemon=True).start()
+        with temporary_settings({PREFECT_API_URL: api_url}):
+            state = corpus_run.with_options(flow_run_name="cancel-me")(config, return_state=True)
+        assert state.is_cancelled(), state
+        corpus = str(state.state_details.flow_run_id)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (ocr_workers(shared) or not {
+                child["state_type"] for child in chunk_runs(api_url, corpus)} <= {"CANCELLED", "COMPLETED"}):
+            time.sleep(0.5)
+        children = chunk_runs(api_url, corpus)
+        assert ocr_workers(shared) == []
+        assert {child["state_type"] for child in children} <= {"CANCELLED", "COMPLETED"}, \
+            stuck_report(api_url, children, home)
+        assert any(child["state_type"] == "CANCELLED" and child["run_count"] == 0 for child in children)
+        assert not (shared / "out" / "results.jsonl").exists()

@@ -121,7 +121,7 @@ def test_a_run_that_reads_its_own_cancel_stops_its_workers_even_when_nobody_kill
     canceller = threading.Thread(target=cancel_once_pages_are_written, daemon=True)
     canceller.start()
     state = ocr_run.with_options(flow_run_name=name)(plan.config, return_state=True)
-    assert state.is_cancelled() and "workers were stopped" in state.message, state
+    assert state.is_cancelled() and "workers are stopped" in state.message, state
     with get_client(sync_client=True) as client:
         [run] = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name])))
         assert run.state.type.value == "CANCELLED"
