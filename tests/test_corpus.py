@@ -393,6 +393,8 @@ def test_a_corpus_run_started_in_process_reads_its_own_cancel_and_stops_its_chun
     import threading
     import time
 
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows.corpus_flow import corpus_run
@@ -425,6 +427,10 @@ def test_a_corpus_run_started_in_process_reads_its_own_cancel_and_stops_its_chun
         threading.Thread(target=cancel_once_a_chunk_ocrs, daemon=True).start()
         with temporary_settings({PREFECT_API_URL: api_url}):
             state = corpus_run.with_options(flow_run_name="cancel-me")(config, return_state=True)
+            # This process's logs and events reach the server before it stops, not at interpreter exit
+            # (where they would be retried against a server that is gone, and hold the exit).
+            APILogWorker.drain_all(timeout=10)
+            EventsWorker.drain_all(timeout=10)
         assert state.is_cancelled(), state
         corpus = str(state.state_details.flow_run_id)
         deadline = time.monotonic() + 60
