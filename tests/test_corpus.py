@@ -262,8 +262,8 @@ def test_a_corpus_over_two_machines_completes_exactly_once_when_one_dies_mid_chu
             assert again.is_completed(), again
             rerun = again.result()
             # This process's logs and events reach the server before it stops, not at interpreter exit.
-            APILogWorker.drain_all(timeout=10)
-            EventsWorker.drain_all(timeout=10)
+            APILogWorker.drain_all(timeout=60)
+            EventsWorker.drain_all(timeout=60)
         corpus_flow_run = str(state.state_details.flow_run_id)
         children = {chunk.chunk: [api_call(api_url, f"flow_runs/{run_id}") for run_id in chunk.flow_run_ids]
                     for chunk in summary.chunks}
@@ -429,8 +429,8 @@ def test_a_corpus_run_started_in_process_reads_its_own_cancel_and_stops_its_chun
             state = corpus_run.with_options(flow_run_name="cancel-me")(config, return_state=True)
             # This process's logs and events reach the server before it stops, not at interpreter exit
             # (where they would be retried against a server that is gone, and hold the exit).
-            APILogWorker.drain_all(timeout=10)
-            EventsWorker.drain_all(timeout=10)
+            APILogWorker.drain_all(timeout=60)
+            EventsWorker.drain_all(timeout=60)
         assert state.is_cancelled(), state
         corpus = str(state.state_details.flow_run_id)
         deadline = time.monotonic() + 60
