@@ -36,6 +36,11 @@ def reset_corpus(output_dir: Path) -> None:
     _stopping.pop(Path(output_dir), None)
 
 
+def _stopped(config: CorpusConfig) -> str | None:
+    """Why the corpus run of `config` is being stopped, or None while it goes on."""
+    return _stopping.get(Path(config.job.output_dir))
+
+
 @task(name="plan-chunks", cache_policy=NO_CACHE)
 def plan_chunks(config: CorpusConfig) -> CorpusPlan:
     """Split the corpus into cost-balanced chunks and write each chunk's manifest and `corpus.json`."""
@@ -58,15 +63,15 @@ def run_chunk(config: CorpusConfig, spec: ChunkPlan) -> ChunkRun:
     run = ChunkRun(chunk=spec.chunk)
     parameters = {"config": chunk_job(config, spec)}
     job = JobConfig.model_validate(parameters["config"])
-    if Path(config.job.output_dir) not in _stopping and _finished(job, logger):
+    if _stopped(config) is None and _finished(job, logger):
         logger.info("chunk %d: every page already done with the same settings; not started", spec.chunk)
         run.state = "COMPLETED"
         return run
     with get_client(sync_client=True) as client:
         for attempt in range(1, config.chunk_attempts + 1):
-            if (stopped := _stopping.get(Path(config.job.output_dir))) is None:
+            if (stopped := _stopped(config)) is None:
                 wait_until_free(Path(spec.output_dir), config.chunk_stall_s, config.poll_s, logger)
-                stopped = _stopping.get(Path(config.job.output_dir))
+                stopped = _stopped(config)
             if stopped is not None:
                 run.state, run.error = "CANCELLED", f"attempt {attempt} not started: {stopped}"
                 return run
@@ -82,7 +87,7 @@ def run_chunk(config: CorpusConfig, spec: ChunkPlan) -> ChunkRun:
             if state == "COMPLETED":
                 run.error = None
                 return run
-            if (stopped := _stopping.get(Path(config.job.output_dir))) is not None:
+            if (stopped := _stopped(config)) is not None:
                 run.error = f"attempt {attempt} ended {state}: {stopped}"
                 return run
             run.error = f"gave up after {attempt} attempt(s); the last ended {state}: {why}"
@@ -127,7 +132,7 @@ def _follow(client: SyncPrefectClient, flow_run_id: UUID, spec: ChunkPlan, confi
         state = flow_run.state_type.value if flow_run.state_type else "SCHEDULED"
         if state in _ENDED:
             return state, (flow_run.state.message if flow_run.state else None) or "no message"
-        if (stopped := _stopping.get(Path(config.job.output_dir))) is not None:
+        if (stopped := _stopped(config)) is not None:
             if state == "CANCELLING":  # its machine (or the run itself) stops it; a dead machine never would
                 return state, stopped
             # Started after stop_corpus listed the chunk runs: cancel it too.

@@ -311,6 +311,17 @@ def chunk_runs(api_url: str, corpus_flow_run_id: str) -> list[dict]:
                     {"flow_runs": {"parent_flow_run_id": {"any_": [corpus_flow_run_id]}}})
 
 
+def chunk_runs_once_stopped(api_url: str, corpus_flow_run_id: str, shared: Path, timeout_s: float = 60) -> list[dict]:
+    """The corpus run's chunk runs once no OCR worker is left and each ended Cancelled or Completed (or at timeout)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and (ocr_workers(shared) or not {
+            child["state_type"] for child in chunk_runs(api_url, corpus_flow_run_id)} <= {"CANCELLED", "COMPLETED"}):
+        time.sleep(0.5)
+    return chunk_runs(api_url, corpus_flow_run_id)
+
+
 def stuck_report(api_url: str, children: list[dict], home: Path) -> str:
     """Each chunk run's end state, the state history of those not ended, and the machines' worker logs."""
     from tests.prefect_server import api_call
@@ -321,7 +332,8 @@ def stuck_report(api_url: str, children: list[dict], home: Path) -> str:
             history = api_call(api_url, f"flow_run_states/?flow_run_id={child['id']}")
             steps = " -> ".join(f"{state['name']} [{state['timestamp'][11:23]}] {state.get('message') or ''}".strip()
                                 for state in history)
-            lines.append(f"{child['name']} (run_count {child['run_count']}, pid {child['infrastructure_pid']}): {steps}")
+            where = f"run_count {child['run_count']}, pid {child['infrastructure_pid']}"
+            lines.append(f"{child['name']} ({where}): {steps}")
     for log in sorted(home.glob("*/worker*.log")):
         lines.append(f"--- {log.parent.name}\n" + log.read_text(errors="replace")[-3000:])
     return "\n".join(lines)
@@ -371,11 +383,7 @@ def test_cancelling_a_corpus_run_cancels_its_chunk_runs_running_and_queued(tmp_p
         api_call(api_url, f"flow_runs/{corpus}/set_state", {"state": {"type": "CANCELLING"}, "force": True})
         run = wait_for_state(api_url, corpus, {"CANCELLED", "COMPLETED", "FAILED", "CRASHED"}, timeout_s=90)
         assert run["state_type"] == "CANCELLED", control.read_text()[-4000:]
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and (ocr_workers(shared) or not {
-                child["state_type"] for child in chunk_runs(api_url, corpus)} <= {"CANCELLED", "COMPLETED"}):
-            time.sleep(0.5)
-        children = chunk_runs(api_url, corpus)
+        children = chunk_runs_once_stopped(api_url, corpus, shared)
         assert ocr_workers(shared) == []
         ended = sorted(child["state_type"] for child in children)
         # Chunks may finish while the cancel travels (Prefect's runner takes up to ~30 s to stop the corpus
@@ -433,11 +441,7 @@ def test_a_corpus_run_started_in_process_reads_its_own_cancel_and_stops_its_chun
             EventsWorker.drain_all(timeout=60)
         assert state.is_cancelled(), state
         corpus = str(state.state_details.flow_run_id)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and (ocr_workers(shared) or not {
-                child["state_type"] for child in chunk_runs(api_url, corpus)} <= {"CANCELLED", "COMPLETED"}):
-            time.sleep(0.5)
-        children = chunk_runs(api_url, corpus)
+        children = chunk_runs_once_stopped(api_url, corpus, shared)
         assert ocr_workers(shared) == []
         assert {child["state_type"] for child in children} <= {"CANCELLED", "COMPLETED"}, \
             stuck_report(api_url, children, home)
