@@ -1,8 +1,8 @@
 """Accuracy on real scanned pages: both CPU engines read every page of `benchmarks/data/real/` (see SOURCES.md
 there), scored against a hand transcription of each (`NAME.gt.txt`, one printed line per line).
 
-Each engine is `tasks.engine.PaddleOcrEngine` with the bundled PP-OCRv4 mobile models in a process of its own
-(`benchmarks.plain_loop --via-ocrfleet-engine`), pages read as a worker reads them (`tasks.pages`), both
+Each engine is `ocrfleet.run.engine.PaddleOcrEngine` with the bundled PP-OCRv4 mobile models in a process of its own
+(`benchmarks.plain_loop --via-ocrfleet-engine`), pages read as a worker reads them (`ocrfleet.inputs.pages`), both
 with the CPU default's recognition batch, so that identical text means the runtimes agree and not that a
 setting differs. Both detect text on the page scaled to 960 px on its long side (ocrfleet's default,
 `text_det_limit_side_len`). A third run, the same onnxruntime engine with PaddleOCR 3's own detection (the page
@@ -18,8 +18,8 @@ from pathlib import Path
 from benchmarks.report import Figure, figure
 from benchmarks.textscore import score, worst_lines
 from benchmarks.throughput import plain_loop
-from tasks.models import REC_BATCH
-from tasks.placement import default_threads
+from ocrfleet.plan.models import REC_BATCH
+from ocrfleet.plan.placement import default_threads
 
 REAL = Path(__file__).resolve().parent / "data" / "real"
 QUICK = ("eurotext.png", "typewriter-recipe.png")  # the two smallest pages

@@ -17,7 +17,7 @@ from pathlib import Path
 from benchmarks import corpus
 from benchmarks.fleet import ROOT, FleetRun, bench_env, run_fleet
 from benchmarks.report import Figure, figure
-from tasks.planning import shard_paths
+from ocrfleet.plan.planning import shard_paths
 
 TARGET = 0.10  # (latest finish - earliest finish) / latest finish
 WORKERS = 2
@@ -63,7 +63,7 @@ def measure(quick: bool, work: Path) -> list[Figure]:
 
 def plan_costs(folder: Path, out: Path) -> list[float]:
     """Each shard's estimated cost, from `ocrfleet plan --json` run as a user would (it writes nothing)."""
-    command = [sys.executable, "-m", "tasks.cli", "plan", str(folder), "--output", str(out),
+    command = [sys.executable, "-m", "ocrfleet.cli", "plan", str(folder), "--output", str(out),
                "--devices", f"cpu:{WORKERS}", "--threads-per-worker", "1", "--json"]
     done = subprocess.run(command, env=bench_env(), cwd=ROOT, capture_output=True, text=True, check=True)
     plan = json.loads(done.stdout)

@@ -10,7 +10,7 @@ from benchmarks.report import Figure, figure
 from benchmarks.throughput import plain_loop
 
 SIZES = (1, 6, 16, 32)
-DEFAULT = 1  # tasks.models.REC_BATCH["onnxruntime"]: what a CPU run uses unless told otherwise
+DEFAULT = 1  # ocrfleet.plan.models.REC_BATCH["onnxruntime"]: what a CPU run uses unless told otherwise
 
 
 def measure(quick: bool, work: Path) -> list[Figure]:
@@ -32,6 +32,6 @@ def measure(quick: bool, work: Path) -> list[Figure]:
     return [figure(
         "batch", "recognition batch size: default's time / best size's time", ratio, "x",
         f"<= 1.05x (default {DEFAULT} within 5% of the best)", ratio <= 1.05,
-        f"{len(pages)} generated A4 pages, onnxruntime, 1 thread, `tasks.engine.PaddleOcrEngine`, {reps} rep(s); "
+        f"{len(pages)} generated A4 pages, onnxruntime, 1 thread, `ocrfleet.run.engine.PaddleOcrEngine`, {reps} rep(s); "
         f"{table}. On GPUs larger batches usually pay more; measure there with the same module.",
-        f"batch {best} was fastest here: set `REC_BATCH['onnxruntime'] = {best}` in tasks/models.py.")]
+        f"batch {best} was fastest here: set `REC_BATCH['onnxruntime'] = {best}` in ocrfleet/plan/models.py.")]

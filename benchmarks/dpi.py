@@ -1,8 +1,8 @@
 """Which `pdf_dpi` reads vector PDFs best for its time: OCR accuracy and seconds per page at 72 to 300 dpi.
 
 Generated US-letter PDFs of real (vector) text, invoice and ledger lines in three of PDFium's standard fonts
-at 8, 10 and 12 pt, are rendered the way a worker renders them (`tasks.pages.PageReader`) and read by the
-real engine (`tasks.engine.PaddleOcrEngine`, onnxruntime, the bundled PP-OCRv4 mobile models, 1 thread) in
+at 8, 10 and 12 pt, are rendered the way a worker renders them (`ocrfleet.inputs.pages.PageReader`) and read by the
+real engine (`ocrfleet.run.engine.PaddleOcrEngine`, onnxruntime, the bundled PP-OCRv4 mobile models, 1 thread) in
 a subprocess of its own (`python -m benchmarks.dpi --read PDF... --dpi D...`), every page at every
 resolution, the resolutions in a rotating order so drift on a shared machine hits each alike.
 
@@ -26,7 +26,7 @@ from benchmarks import corpus
 from benchmarks.fleet import ROOT, bench_env
 from benchmarks.report import Figure, figure
 from benchmarks.textscore import levenshtein
-from tasks.config import JobConfig
+from ocrfleet.config import JobConfig
 
 DPIS = (72, 100, 150, 200, 300)
 FONTS = ("Helvetica", "Times-Roman", "Courier")
@@ -56,7 +56,7 @@ def measure(quick: bool, work: Path) -> list[Figure]:
     detail = (f"{pages} generated US-letter pages of vector text ({', '.join(FONTS)} at "
               f"{', '.join(map(str, SIZES))} pt; "
               f"{'8 lines' if quick else 'full pages'} of invoice and ledger lines), each rendered by "
-              f"`tasks.pages.PageReader` and read by `PaddleOcrEngine` (onnxruntime, PP-OCRv4 mobile, 1 thread) at "
+              f"`ocrfleet.inputs.pages.PageReader` and read by `PaddleOcrEngine` (onnxruntime, PP-OCRv4 mobile, 1 thread) at "
               f"every resolution, model load {read['load_s']:.1f} s apart. Rule: the lowest resolution within "
               f"{TOLERANCE} points of the best character accuracy and {WORDS_TOLERANCE:g} points of the best word "
               f"accuracy, at most {SLOWER:g}x the fastest one's seconds per page (else the lowest within "
@@ -68,7 +68,7 @@ def measure(quick: bool, work: Path) -> list[Figure]:
                    f"{WORDS_TOLERANCE:g} of the best word accuracy) at "
                    f"{table[best]['seconds']:.2f} s/page against {table[DEFAULT_DPI]['seconds']:.2f} s/page at "
                    f"{DEFAULT_DPI} (words {table[best]['words']:.1f}% against {table[DEFAULT_DPI]['words']:.1f}%): "
-                   f"set `pdf_dpi` to {best} in tasks/config.py. Dropped spaces (words split as printed below 100%) "
+                   f"set `pdf_dpi` to {best} in ocrfleet/config.py. Dropped spaces (words split as printed below 100%) "
                    "follow the em in pixels, not the dpi: no one resolution keeps them for every type size.")]
 
 
@@ -153,8 +153,8 @@ def _read(pdfs: list[str], dpis: list[int]) -> dict:
     import pypdfium2 as pdfium
 
     from benchmarks.plain_loop import bundled_models
-    from tasks.engine import PaddleOcrEngine
-    from tasks.pages import PageReader
+    from ocrfleet.run.engine import PaddleOcrEngine
+    from ocrfleet.inputs.pages import PageReader
 
     started = time.perf_counter()
     engine = PaddleOcrEngine(bundled_models("onnxruntime"), "cpu", threads=1)

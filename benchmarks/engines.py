@@ -9,7 +9,7 @@ from pathlib import Path
 from benchmarks import corpus
 from benchmarks.report import Figure, figure, median_ratio
 from benchmarks.throughput import plain_loop
-from tasks.placement import default_threads
+from ocrfleet.plan.placement import default_threads
 
 
 def measure(quick: bool, work: Path) -> list[Figure]:
@@ -30,7 +30,7 @@ def measure(quick: bool, work: Path) -> list[Figure]:
     similarity = statistics.mean(difflib.SequenceMatcher(None, a, b).ratio() for a, b in pairs)
     kind = "receipt scraps" if quick else "A4 at 100 dpi and one at 300 dpi"
     on = (f"{len(pages)} generated scan-like pages ({kind}; "
-          "no real document scans ship in the installed packages), `tasks.engine.PaddleOcrEngine` in its own "
+          "no real document scans ship in the installed packages), `ocrfleet.run.engine.PaddleOcrEngine` in its own "
           f"process, {threads} thread(s), {reps} alternating rep(s); medians: onnxruntime "
           f"{statistics.median(o['ocr_s'] for o in onnx) / len(pages):.2f} s/page, paddle "
           f"{statistics.median(p['ocr_s'] for p in paddle) / len(pages):.2f} s/page")

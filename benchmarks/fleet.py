@@ -15,7 +15,7 @@ import psutil
 import yaml
 from pydantic import BaseModel
 
-from tasks.devices import THREAD_VARS
+from ocrfleet.plan.devices import THREAD_VARS
 
 ROOT = Path(__file__).resolve().parent.parent
 POLL_S = 0.1
@@ -70,7 +70,7 @@ def bench_env(threads: int | None = None) -> dict[str, str]:
 
 
 def watch(command: list[str], env: dict[str, str], records_dir: Path | None = None,
-          worker_marker: str = "tasks.worker", log: Path | None = None) -> Watched:
+          worker_marker: str = "ocrfleet.run.worker", log: Path | None = None) -> Watched:
     """Run `command` to its end, polling its process tree and `records_dir` every 0.1 s."""
     log = log or Path(os.devnull)
     started, started_at = time.monotonic(), time.time()
@@ -197,7 +197,7 @@ def run_fleet(inputs: list[Path], out: Path, workers: int, threads: int, engine:
     """
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    command = [sys.executable, "-m", "tasks.cli", "run", *map(str, inputs), "--output", str(out),
+    command = [sys.executable, "-m", "ocrfleet.cli", "run", *map(str, inputs), "--output", str(out),
                "--devices", f"cpu:{workers}", "--threads-per-worker", str(threads), "--engine", engine]
     if settings:
         config = out.parent / f"{out.name}.yaml"

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from benchmarks import corpus
 from benchmarks.fleet import FleetRun, Watched, bench_env, run_fleet, watch
 from benchmarks.report import Figure, figure, median_ratio
-from tasks.config import JobConfig
+from ocrfleet.config import JobConfig
 from tests.prefect_server import prefect_server
 
 PROCESSES = 2

@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from tasks.models import BUNDLED_DET, BUNDLED_REC, DET_LIMIT, ModelDirs, default_cache_dir, materialize
+from ocrfleet.plan.models import BUNDLED_DET, BUNDLED_REC, DET_LIMIT, ModelDirs, default_cache_dir, materialize
 
 
 def bundled_models(engine: str) -> ModelDirs:
@@ -27,7 +27,7 @@ def bundled_models(engine: str) -> ModelDirs:
 
 
 def plain_paddleocr(models: ModelDirs, threads: int, det_max_side: int = DET_LIMIT[0]):
-    """PaddleOCR with the options ocrfleet's engine passes on CPU (tasks/engine.py), written out by hand.
+    """PaddleOCR with the options ocrfleet's engine passes on CPU (ocrfleet/run/engine.py), written out by hand.
 
     The recognition batch size and detection size too: comparisons measure what ocrfleet adds or saves, not a
     setting. `det_max_side`: detect text on the page scaled to at most this many pixels on its long side
@@ -35,7 +35,7 @@ def plain_paddleocr(models: ModelDirs, threads: int, det_max_side: int = DET_LIM
     """
     from paddleocr import PaddleOCR
 
-    from tasks.models import REC_BATCH
+    from ocrfleet.plan.models import REC_BATCH
 
     if models.engine == "onnxruntime":
         options = {"engine": "onnxruntime",
@@ -56,8 +56,8 @@ def _reader(models: ModelDirs, threads: int, via_ocrfleet_engine: bool, rec_batc
             det_max_side: int = DET_LIMIT[0]) -> Callable[[str], str]:
     """A function from a page's path to its text, loaded once."""
     if via_ocrfleet_engine:
-        from tasks.engine import PaddleOcrEngine
-        from tasks.pages import load_page
+        from ocrfleet.run.engine import PaddleOcrEngine
+        from ocrfleet.inputs.pages import load_page
 
         engine = PaddleOcrEngine(models, "cpu", threads, rec_batch, det_limit=(det_max_side or None, "max"))
         return lambda path: "\n".join(line.text for line in engine(load_page(path, 0, dpi=150, max_pixels=10**9)))
@@ -69,7 +69,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--engine", choices=["onnxruntime", "paddle"], required=True)
     parser.add_argument("--threads", type=int, required=True)
-    parser.add_argument("--via-ocrfleet-engine", action="store_true", help="use tasks.engine.PaddleOcrEngine")
+    parser.add_argument("--via-ocrfleet-engine", action="store_true", help="use ocrfleet.run.engine.PaddleOcrEngine")
     parser.add_argument("--rec-batch", type=int, default=6, help="text_recognition_batch_size (ocrfleet engine)")
     parser.add_argument("--det-max-side", type=int, default=DET_LIMIT[0],
                         help="text detection on the page scaled to this long side; 0: PaddleOCR 3's own default")

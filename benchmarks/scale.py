@@ -25,17 +25,17 @@ LINE_BOX = ((10.0, 10.0), (400.0, 10.0), (400.0, 40.0), (10.0, 40.0))
 
 
 def _config(inputs: str, out: Path):
-    from tasks.config import load_config
+    from ocrfleet.config import load_config
 
     # No parquet/text outputs: the figure is reduce itself (reconcile, results.jsonl, summary); the optional
-    # outputs parse every record in full and are a separate cost (see tasks/outputs.py).
+    # outputs parse every record in full and are a separate cost (see ocrfleet/reduce/outputs.py).
     return load_config(None, inputs=[inputs], output_dir=str(out), devices=f"cpu:{SHARDS}", threads_per_worker=1,
                        outputs=())
 
 
 def step_plan(inputs: str, out: Path) -> dict:
-    from tasks.inputs import list_pages
-    from tasks.planning import make_plan
+    from ocrfleet.inputs.listing import list_pages
+    from ocrfleet.plan.planning import make_plan
 
     config = _config(inputs, out)
     started, cpu = time.monotonic(), _cpu_s()
@@ -51,8 +51,8 @@ def step_plan(inputs: str, out: Path) -> dict:
 
 def step_synth(inputs: str, out: Path) -> dict:
     """Plan a run as the flow does, then write every shard's records, report and done marker."""
-    from tasks.planning import prepare_run, read_manifest, shard_paths
-    from tasks.records import PageRecord, ShardReport, TextLine, write_atomic
+    from ocrfleet.plan.planning import prepare_run, read_manifest, shard_paths
+    from ocrfleet.records import PageRecord, ShardReport, TextLine, write_atomic
 
     shutil.rmtree(out, ignore_errors=True)
     plan = prepare_run(_config(inputs, out))
@@ -76,7 +76,7 @@ def step_synth(inputs: str, out: Path) -> dict:
 
 
 def step_reduce(inputs: str, out: Path) -> dict:
-    from tasks.summary import reduce_run
+    from ocrfleet.reduce.summary import reduce_run
 
     started = time.monotonic()
     summary = reduce_run(out)
@@ -95,7 +95,7 @@ def _in_process(step: str, inputs: str, out: Path) -> dict:
 
 
 def manifest_supported() -> bool:
-    from tasks.inputs import InputError, collect_pages
+    from ocrfleet.inputs.listing import InputError, collect_pages
 
     try:
         return len(collect_pages([str(corpus.manifest(3))])) == 3
@@ -113,7 +113,7 @@ def measure(quick: bool, work: Path) -> list[Figure]:
     figures.append(figure(
         "reduce", "reduce_run over 1,000,000 records" + scaled, finished["seconds"], "s", f"<= {30 * share:g} s",
         finished["seconds"] <= 30 * share and not finished["problems"],
-        f"`tasks.summary.reduce_run` on a synthetic finished run of {finished['pages']:,} records (3 lines each) in "
+        f"`ocrfleet.reduce.summary.reduce_run` on a synthetic finished run of {finished['pages']:,} records (3 lines each) in "
         f"{SHARDS} shards, planned by `prepare_run` and written through the pydantic models beforehand, in "
         f"another process; peak RSS of the reducing process {finished['peak_rss_mb']:.0f} MB.",
         "reduce parses each record's identity fields and holds every line to sort them: a k-way merge of the "
@@ -150,7 +150,7 @@ def _noop(count: int, work: Path) -> Figure:
     _in_process("reduce", inputs, out)
     settings = work / "noop.yaml"  # the same settings the finished run was planned with (no extra outputs)
     settings.write_text("outputs: []\n")
-    command = [sys.executable, "-m", "tasks.cli", "run", inputs, "--output", str(out), "--devices", f"cpu:{SHARDS}",
+    command = [sys.executable, "-m", "ocrfleet.cli", "run", inputs, "--output", str(out), "--devices", f"cpu:{SHARDS}",
                "--threads-per-worker", "1", "--config", str(settings)]
     watched = watch(command, bench_env(), records_dir=None, log=work / "noop.log")
     idle = watched.returncode == 0 and watched.worker_start_s is None

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tasks.models import DET_LIMIT
+from ocrfleet.plan.models import DET_LIMIT
 from benchmarks import corpus
 from benchmarks.fleet import ROOT, FleetRun, bench_env, run_fleet
 from benchmarks.report import Figure, figure, median_ratio
@@ -52,7 +52,7 @@ def _one_time(runs: list[FleetRun], loops: list[dict]) -> list[Figure]:
                f"largest `model_load_s` of each run's reports, median over {len(runs)} runs; the plain loop's "
                f"PaddleOCR construction took {loop_load:.2f} s."),
         figure("overhead", "command start to worker process (Python, Prefect, plan)", to_worker, "s", "", None,
-               f"`ocrfleet run` start to the first `tasks.worker` process seen (polled every 0.1 s), median over "
+               f"`ocrfleet run` start to the first `ocrfleet.run.worker` process seen (polled every 0.1 s), median over "
                f"{len(runs)} runs."),
     ]
 
@@ -71,7 +71,7 @@ def _overhead(one: list[FleetRun], loops: list[dict], on: str) -> Figure:
               f"(Prefect + plan) {prefect:.1f} s.")
     why = (f"ocrfleet spends {extra_ms:.0f} ms more per page than the loop: its per-page work beyond `predict` is "
            "decoding with Pillow, building the record and appending + flushing one JSON line (plus any per-page "
-           "outputs); profile `tasks.worker.run_shard` on this corpus to see which.")
+           "outputs); profile `ocrfleet.run.worker.run_shard` on this corpus to see which.")
     return figure("overhead", "overhead: ocrfleet 1 worker / plain PaddleOCR loop (pages/s)", ratio, "x",
                   ">= 0.95x", ratio >= 0.95, detail, why)
 

@@ -1,0 +1,1 @@
+"""The Prefect flows (installed as `ocrfleet.flows`): plan -> run shards -> reduce, and the corpus flow."""

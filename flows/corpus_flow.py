@@ -11,12 +11,12 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from tasks.cancel_watch import CancelWatch
-from tasks.corpus import ChunkPlan, ChunkRun, CorpusConfig, CorpusSummary
-from tasks.corpus_tasks import cancel_chunk_runs, plan_chunks, reduce_chunks, reset_corpus, run_chunk, stop_corpus
-from tasks.lock import hold_run_dir
-from tasks.ocr_tasks import publish_outputs
-from tasks.reporting import ProgressReporter, publish_corpus_summary
+from ocrfleet.tasks.cancel_watch import CancelWatch
+from ocrfleet.corpus import ChunkPlan, ChunkRun, CorpusConfig, CorpusSummary
+from ocrfleet.tasks.corpus_tasks import cancel_chunk_runs, plan_chunks, reduce_chunks, reset_corpus, run_chunk, stop_corpus
+from ocrfleet.run.lock import hold_run_dir
+from ocrfleet.tasks.ocr_tasks import publish_outputs
+from ocrfleet.tasks.reporting import ProgressReporter, publish_corpus_summary
 
 
 class CorpusInvalid(RuntimeError):

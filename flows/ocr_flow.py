@@ -9,13 +9,13 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from tasks.cancel_watch import CancelWatch
-from tasks.config import JobConfig
-from tasks.launch import abort_run, reset_run
-from tasks.lock import hold_devices, hold_run_dir
-from tasks.ocr_tasks import plan_run, publish_outputs, reduce_shards, run_shard
-from tasks.reporting import ProgressReporter, publish_summary
-from tasks.summary import RunSummary
+from ocrfleet.tasks.cancel_watch import CancelWatch
+from ocrfleet.config import JobConfig
+from ocrfleet.run.launch import abort_run, reset_run
+from ocrfleet.run.lock import hold_devices, hold_run_dir
+from ocrfleet.tasks.ocr_tasks import plan_run, publish_outputs, reduce_shards, run_shard
+from ocrfleet.tasks.reporting import ProgressReporter, publish_summary
+from ocrfleet.reduce.summary import RunSummary
 
 
 class RunInvalid(RuntimeError):

@@ -1,1 +1,2 @@
-"""ocrfleet's working modules; only `tasks.ocr_tasks` imports Prefect."""
+"""The Prefect tasks (installed as `ocrfleet.tasks`) and the Prefect-only glue: artifacts, the cancel watch,
+deploy. They are thin: the work is done by the plain modules in the `ocrfleet` package."""

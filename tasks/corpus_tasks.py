@@ -13,11 +13,11 @@ from prefect.client.schemas.objects import StateType
 from prefect.deployments import run_deployment
 from prefect.states import Cancelling, Crashed
 
-from tasks.config import JobConfig
-from tasks.corpus import (ChunkPlan, ChunkRun, CorpusConfig, CorpusPlan, CorpusSummary, StallWatch, chunk_job,
+from ocrfleet.config import JobConfig
+from ocrfleet.corpus import (ChunkPlan, ChunkRun, CorpusConfig, CorpusPlan, CorpusSummary, StallWatch, chunk_job,
                           plan_corpus, reduce_corpus, write_corpus_plan)
-from tasks.lock import RunDirBusy, check_run_dir
-from tasks.summary import up_to_date
+from ocrfleet.run.lock import RunDirBusy, check_run_dir
+from ocrfleet.reduce.summary import up_to_date
 
 _ENDED = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
 

@@ -5,12 +5,12 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.config import JobConfig
-from tasks.launch import NotRetryable, run_worker
-from tasks.planning import Plan, ShardPlan, place_for, prepare_run, shard_paths
-from tasks.publish import publish
-from tasks.reporting import ProgressReporter
-from tasks.summary import RunSummary, reduce_run
+from ocrfleet.config import JobConfig
+from ocrfleet.run.launch import NotRetryable, run_worker
+from ocrfleet.plan.planning import Plan, ShardPlan, place_for, prepare_run, shard_paths
+from ocrfleet.reduce.publish import publish
+from ocrfleet.tasks.reporting import ProgressReporter
+from ocrfleet.reduce.summary import RunSummary, reduce_run
 
 
 @task(name="plan", cache_policy=NO_CACHE)

@@ -17,9 +17,9 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from tasks.corpus import CorpusSummary
-from tasks.planning import Plan
-from tasks.summary import RunSummary
+from ocrfleet.corpus import CorpusSummary
+from ocrfleet.plan.planning import Plan
+from ocrfleet.reduce.summary import RunSummary
 
 log = logging.getLogger(__name__)
 

@@ -86,7 +86,7 @@ def bucket(s3_endpoint, request):
     """A new, empty bucket for one test, as its URL: `s3://t-...`."""
     import hashlib
 
-    from tasks.storage import split_url
+    from ocrfleet.inputs.storage import split_url
 
     name = "t-" + hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:20]
     fs, _ = split_url(f"s3://{name}")

@@ -1,9 +1,9 @@
-"""A worker for tests only: the real `tasks.worker.main` with a fake engine that fails on chosen pages.
+"""A worker for tests only: the real `ocrfleet.run.worker.main` with a fake engine that fails on chosen pages.
 
 `OCRFLEET_TEST_FAULTS` (JSON) says which pages, by the image's width in pixels:
 `{"crash": [w, ...], "crash_once": [w, ...], "hang": [w, ...], "terminate": [w, ...], "leak_mb": n}`; `crash_once` needs
 `OCRFLEET_TEST_STATE` (a folder) to remember that it crashed already. Production code never imports
-this module: tests point `tasks.launch.WORKER_MODULE` at it.
+this module: tests point `ocrfleet.run.launch.WORKER_MODULE` at it.
 """
 
 import json
@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from tasks.records import TextLine
-from tasks.worker import main
+from ocrfleet.records import TextLine
+from ocrfleet.run.worker import main
 
 BOX = ((0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0))
 _leaked = []

@@ -6,11 +6,11 @@ import os
 
 from PIL import Image
 
-from tasks.config import load_config
-from tasks.planning import prepare_run
-from tasks.records import PageRecord, read_jsonl
-from tasks.summary import reduce_run
-from tasks.worker import run_shard
+from ocrfleet.config import load_config
+from ocrfleet.plan.planning import prepare_run
+from ocrfleet.records import PageRecord, read_jsonl
+from ocrfleet.reduce.summary import reduce_run
+from ocrfleet.run.worker import run_shard
 from tests.faulty_worker import FaultyEngine
 
 

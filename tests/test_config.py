@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.config import ConfigError, JobConfig, load_config
+from ocrfleet.config import ConfigError, JobConfig, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 

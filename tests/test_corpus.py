@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import JobConfig
-from tasks.corpus import (ChunkRun, CorpusConfig, StallWatch, chunk_job, manifest_rows, page_ranges,
+from ocrfleet.config import JobConfig
+from ocrfleet.corpus import (ChunkRun, CorpusConfig, StallWatch, chunk_job, manifest_rows, page_ranges,
                           plan_corpus, read_corpus_plan, reduce_corpus, write_corpus_plan)
-from tasks.inputs import collect_pages
-from tasks.records import PageRecord
+from ocrfleet.inputs.listing import collect_pages
+from ocrfleet.records import PageRecord
 
 
 def corpus_inputs(folder: Path) -> Path:
@@ -184,7 +184,7 @@ class MachineKiller:
                     command = process.cmdline()
                 except psutil.Error:
                     continue
-                if "tasks.worker" not in command:
+                if "ocrfleet.run.worker" not in command:
                     continue
                 run_dir, shard = Path(command[command.index("--run-dir") + 1]), int(command[command.index("--shard") + 1])
                 records = run_dir / "records" / f"{shard:05d}.jsonl"
@@ -226,9 +226,9 @@ def test_a_corpus_over_two_machines_completes_exactly_once_when_one_dies_mid_chu
     from prefect.logging.handlers import APILogWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.corpus_flow import corpus_run
-    from flows.ocr_flow import ocr_run
-    from tasks.deploy import deploy
+    from ocrfleet.flows.corpus_flow import corpus_run
+    from ocrfleet.flows.ocr_flow import ocr_run
+    from ocrfleet.tasks.deploy import deploy
     from tests.pages import draw_page
     from tests.prefect_server import ROOT, api_call, prefect_server, run_artifacts
 
@@ -344,7 +344,7 @@ def ocr_workers(under: Path) -> list:
     import psutil
 
     return [process for process in psutil.process_iter(["cmdline", "status"])
-            if "tasks.worker" in (process.info["cmdline"] or []) and process.info["status"] != psutil.STATUS_ZOMBIE
+            if "ocrfleet.run.worker" in (process.info["cmdline"] or []) and process.info["status"] != psutil.STATUS_ZOMBIE
             and any(str(under) in part for part in process.info["cmdline"])]
 
 
@@ -353,7 +353,7 @@ def test_cancelling_a_corpus_run_cancels_its_chunk_runs_running_and_queued(tmp_p
     import re
     import time
 
-    from tasks.deploy import deploy
+    from ocrfleet.tasks.deploy import deploy
     from tests.pages import draw_page
     from tests.prefect_server import ROOT, api_call, prefect_cli, prefect_server, process_worker, wait_for_state
 
@@ -405,8 +405,8 @@ def test_a_corpus_run_started_in_process_reads_its_own_cancel_and_stops_its_chun
     from prefect.logging.handlers import APILogWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.corpus_flow import corpus_run
-    from tasks.deploy import deploy
+    from ocrfleet.flows.corpus_flow import corpus_run
+    from ocrfleet.tasks.deploy import deploy
     from tests.pages import draw_page
     from tests.prefect_server import ROOT, api_call, prefect_server
 

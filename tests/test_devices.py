@@ -1,10 +1,10 @@
 import pytest
 
-from tasks.devices import DeviceError, GpuInfo, MigInfo, parse_devices
-from tasks.nvml import NvmlUnavailable
-from tasks.placement import default_threads, launcher_warning, place, worker_env_overrides, worker_environment
-from tasks.planning import ShardPlan
-from tasks.launch import worker_command
+from ocrfleet.plan.devices import DeviceError, GpuInfo, MigInfo, parse_devices
+from ocrfleet.plan.nvml import NvmlUnavailable
+from ocrfleet.plan.placement import default_threads, launcher_warning, place, worker_env_overrides, worker_environment
+from ocrfleet.plan.planning import ShardPlan
+from ocrfleet.run.launch import worker_command
 
 EIGHT = [GpuInfo(index=i, uuid=f"GPU-{i:x}{i:x}aa-0000-1111-2222-3333444455{i:02d}", name="NVIDIA H100",
                  memory_total_mb=81559, memory_free_mb=80000) for i in range(8)]
@@ -88,7 +88,7 @@ def test_gpu_worker_gets_one_gpu_pci_order_thread_limits_and_an_explicit_gpu_id(
     assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "2"
     spec = ShardPlan(shard=3, device=device, env=env, pages=1, cost=1.0)
     command = worker_command(tmp_path, spec)
-    assert command[1:] == ["-m", "tasks.worker", "--run-dir", str(tmp_path), "--shard", "3", "--watch-parent",
+    assert command[1:] == ["-m", "ocrfleet.run.worker", "--run-dir", str(tmp_path), "--shard", "3", "--watch-parent",
                            "--gpu-id", "5"]
 
 
@@ -165,10 +165,10 @@ def test_thread_budget_works_where_there_is_no_sched_getaffinity(monkeypatch):
 
 
 def test_plan_under_inherited_uuids_shows_each_workers_exact_env(monkeypatch, tmp_path, capsys):
-    from tasks.cli import main
+    from ocrfleet.cli import main
 
-    monkeypatch.setattr("tasks.placement.nvml_inventory", inventory())
-    monkeypatch.setattr("tasks.placement.paddle_gpu_installed", lambda: True)
+    monkeypatch.setattr("ocrfleet.plan.placement.nvml_inventory", inventory())
+    monkeypatch.setattr("ocrfleet.plan.placement.paddle_gpu_installed", lambda: True)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", ",".join(gpu.uuid for gpu in EIGHT))
     (tmp_path / "a.png").write_bytes(b"x" * 10)
     (tmp_path / "b.png").write_bytes(b"x" * 20)
@@ -180,22 +180,22 @@ def test_plan_under_inherited_uuids_shows_each_workers_exact_env(monkeypatch, tm
 
 
 def test_devices_without_a_driver_explains_itself_and_exits_zero(monkeypatch, capsys):
-    from tasks.cli import main
+    from ocrfleet.cli import main
 
-    monkeypatch.setattr("tasks.cli.nvml_inventory", no_nvml)
-    monkeypatch.setattr("tasks.placement.nvml_inventory", no_nvml)
+    monkeypatch.setattr("ocrfleet.cli.nvml_inventory", no_nvml)
+    monkeypatch.setattr("ocrfleet.plan.placement.nvml_inventory", no_nvml)
     assert main(["devices"]) == 0
     out = capsys.readouterr().out
     assert "no GPUs: no NVIDIA driver / NVML" in out and "--devices auto would run: cpu" in out
 
 
 def test_devices_marks_what_a_run_would_use_and_why_not_the_rest(monkeypatch, capsys):
-    from tasks.cli import main
+    from ocrfleet.cli import main
 
     busy = [gpu.model_copy(update={"memory_free_mb": 100}) if gpu.index == 5 else gpu for gpu in EIGHT]
-    monkeypatch.setattr("tasks.cli.nvml_inventory", inventory(busy))
-    monkeypatch.setattr("tasks.placement.nvml_inventory", inventory(busy))
-    monkeypatch.setattr("tasks.placement.paddle_gpu_installed", lambda: True)
+    monkeypatch.setattr("ocrfleet.cli.nvml_inventory", inventory(busy))
+    monkeypatch.setattr("ocrfleet.plan.placement.nvml_inventory", inventory(busy))
+    monkeypatch.setattr("ocrfleet.plan.placement.paddle_gpu_installed", lambda: True)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6")
     assert main(["devices", "--devices", "gpu:4,5", "--json"]) == 0
     rows = {row["index"]: row for row in __import__("json").loads(capsys.readouterr().out)["gpus"]}

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from flows.ocr_flow import RunInvalid, ocr_run
-from tasks.config import load_config
-from tasks.models import default_cache_dir, materialize
-from tasks.records import PageRecord, read_jsonl
+from ocrfleet.flows.ocr_flow import RunInvalid, ocr_run
+from ocrfleet.config import load_config
+from ocrfleet.plan.models import default_cache_dir, materialize
+from ocrfleet.records import PageRecord, read_jsonl
 from tests.conftest import WORDS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,7 +92,7 @@ def test_a_corrupt_input_fails_its_page_and_the_run_still_completes(prefect_api,
 def test_the_cli_exits_zero_only_for_a_valid_run(word_pages, tmp_path):
     bad = tmp_path / "corrupt.jpg"
     bad.write_bytes(b"")
-    cli = [sys.executable, "-m", "tasks.cli", "run", str(word_pages / "beta.png"), str(bad), "--devices", "cpu:1"]
+    cli = [sys.executable, "-m", "ocrfleet.cli", "run", str(word_pages / "beta.png"), str(bad), "--devices", "cpu:1"]
     failed = subprocess.run(cli + ["--output", str(tmp_path / "strict")], capture_output=True, text=True)
     assert failed.returncode == 1, failed.stderr[-2000:]
     assert "above max_failure_rate" in failed.stderr
@@ -119,10 +119,10 @@ def test_the_cli_exits_zero_only_for_a_valid_run(word_pages, tmp_path):
 
 
 def test_the_cli_refuses_an_output_dir_another_run_holds(word_pages, tmp_path):
-    from tasks.lock import hold_run_dir
+    from ocrfleet.run.lock import hold_run_dir
 
     with hold_run_dir(tmp_path / "out", "the first run"):
-        busy = subprocess.run([sys.executable, "-m", "tasks.cli", "run", str(word_pages), "--output",
+        busy = subprocess.run([sys.executable, "-m", "ocrfleet.cli", "run", str(word_pages), "--output",
                                str(tmp_path / "out"), "--devices", "cpu:1"], capture_output=True, text=True)
     assert busy.returncode == 2
     assert f"is in use by pid {os.getpid()}" in busy.stderr and "the first run" in busy.stderr

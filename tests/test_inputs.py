@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from tasks import inputs as inputs_module
-from tasks.inputs import InputError, collect_pages, parse_page_range
+from ocrfleet.inputs.listing import InputError, collect_pages, parse_page_range
 from tests.test_pages import write_pdf, write_tiff
 
 

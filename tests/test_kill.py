@@ -10,7 +10,7 @@ import time
 import psutil
 import pytest
 
-from tasks.records import PageRecord, read_jsonl
+from ocrfleet.records import PageRecord, read_jsonl
 from tests.pages import draw_page
 
 
@@ -26,13 +26,13 @@ def corpus(tmp_path_factory):
 
 def start(corpus, out):
     # A session of its own, so the test can kill the run's whole process group as `kill -9` of a job would.
-    return subprocess.Popen([sys.executable, "-m", "tasks.cli", "run", str(corpus), "--output", str(out),
+    return subprocess.Popen([sys.executable, "-m", "ocrfleet.cli", "run", str(corpus), "--output", str(out),
                              "--devices", "cpu:2", "--threads-per-worker", "1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 def finish(corpus, out):
-    result = subprocess.run([sys.executable, "-m", "tasks.cli", "run", str(corpus), "--output", str(out),
+    result = subprocess.run([sys.executable, "-m", "ocrfleet.cli", "run", str(corpus), "--output", str(out),
                              "--devices", "cpu:2", "--threads-per-worker", "1"], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
@@ -56,7 +56,7 @@ def content(out):
 
 def workers_of(out):
     return [p for p in psutil.process_iter(["cmdline"])
-            if p.info["cmdline"] and "tasks.worker" in p.info["cmdline"] and str(out) in p.info["cmdline"]]
+            if p.info["cmdline"] and "ocrfleet.run.worker" in p.info["cmdline"] and str(out) in p.info["cmdline"]]
 
 
 def test_killing_the_run_at_any_point_then_rerunning_gives_the_clean_results_exactly_once(corpus, tmp_path):

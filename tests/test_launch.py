@@ -2,9 +2,9 @@ import logging
 
 import pytest
 
-from tasks.config import load_config
-from tasks.launch import WorkerFailed, run_worker
-from tasks.planning import prepare_run
+from ocrfleet.config import load_config
+from ocrfleet.run.launch import WorkerFailed, run_worker
+from ocrfleet.plan.planning import prepare_run
 from tests.pages import draw_page
 
 
@@ -34,7 +34,7 @@ def test_worker_warnings_reach_the_sink_and_the_full_log_is_kept(tmp_path):
 def test_stopping_a_run_kills_its_running_workers_and_refuses_new_ones(tmp_path):
     import threading
 
-    from tasks.launch import RunAborted, abort_run, reset_run
+    from ocrfleet.run.launch import RunAborted, abort_run, reset_run
 
     for name in ("a", "b"):
         draw_page(tmp_path / "in" / f"{name}.png", ["x"], size=(80, 40), font_px=12)

@@ -11,15 +11,15 @@ import pytest
 from PIL import Image
 
 from tasks import launch, remote_inputs, storage
-from tasks.config import load_config
-from tasks.inputs import InputError, collect_pages
-from tasks.launch import run_worker
-from tasks.pages import PageError, PageReader
-from tasks.planning import failed_pages, prepare_run
-from tasks.publish import is_published, publish
-from tasks.records import PageRecord, read_jsonl
-from tasks.summary import reduce_run
-from tasks.worker import run_shard
+from ocrfleet.config import load_config
+from ocrfleet.inputs.listing import InputError, collect_pages
+from ocrfleet.run.launch import run_worker
+from ocrfleet.inputs.pages import PageError, PageReader
+from ocrfleet.plan.planning import failed_pages, prepare_run
+from ocrfleet.reduce.publish import is_published, publish
+from ocrfleet.records import PageRecord, read_jsonl
+from ocrfleet.reduce.summary import reduce_run
+from ocrfleet.run.worker import run_shard
 from tests.faulty_worker import FaultyEngine
 from tests.test_pages import write_pdf, write_tiff
 
@@ -150,7 +150,7 @@ def test_store_errors_become_the_page_error_classes_of_files(monkeypatch, raised
     def fail(url):
         raise raised
 
-    monkeypatch.setattr("tasks.pages.read_object", fail)
+    monkeypatch.setattr("ocrfleet.inputs.pages.read_object", fail)
     with PageReader(dpi=100, max_pixels=10**8) as reader, pytest.raises(PageError) as caught:
         reader.load("s3://bucket/a.png", 0)
     assert caught.value.error_class == error_class and "s3://bucket/a.png" in str(caught.value)
@@ -248,7 +248,7 @@ def test_the_cli_reads_s3_inputs_and_publishes_to_s3_what_a_local_run_publishes_
     shutil.copytree(word_pages, local)
     write_pdf(local / "ledger.pdf", [["Okafor ledger 42"], ["Pallet wrap"]], size=(400, 150), font_pt=28)
     upload(local, f"{bucket}/scans")
-    cli = [sys.executable, "-m", "tasks.cli", "run", f"{bucket}/scans/", "--output", str(tmp_path / "s3run"),
+    cli = [sys.executable, "-m", "ocrfleet.cli", "run", f"{bucket}/scans/", "--output", str(tmp_path / "s3run"),
            "--devices", "cpu:1", "--publish-to", f"{bucket}/published"]
     done = subprocess.run(cli, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]

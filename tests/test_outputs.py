@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tasks.outputs import mirrored, paddleocr_result, write_outputs
-from tasks.records import PageRecord, TextLine
+from ocrfleet.reduce.outputs import mirrored, paddleocr_result, write_outputs
+from ocrfleet.records import PageRecord, TextLine
 from tests.test_pages import write_pdf
 
 BOX = ((10.0, 12.0), (90.0, 12.0), (90.0, 30.0), (10.0, 30.0))

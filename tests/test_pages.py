@@ -18,7 +18,7 @@ import pypdfium2.raw as pdfium_raw
 import pytest
 from PIL import Image, ImageFile
 
-from tasks.pages import PageError, PageReader, document_pages, load_page
+from ocrfleet.inputs.pages import PageError, PageReader, document_pages, load_page
 
 ROOT = Path(__file__).resolve().parent.parent
 DPI, MAX = 150, 100_000_000
@@ -273,7 +273,7 @@ def test_an_unreadable_file_fails_as_permission_denied(tmp_path):
     Image.new("RGB", (8, 8)).save(path)
     path.chmod(0)
     code = f"""
-from tasks.pages import load_page, PageError
+from ocrfleet.inputs.pages import load_page, PageError
 try:
     load_page({str(path)!r}, 0, dpi=150, max_pixels=10**8)
 except PageError as exc:

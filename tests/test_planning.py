@@ -3,10 +3,10 @@ import os
 
 import pytest
 
-from tasks.config import load_config
-from tasks.inputs import collect_pages
-from tasks.planning import make_plan, manifest_path, read_manifest, split_balanced, write_plan
-from tasks.records import Page, PageRef
+from ocrfleet.config import load_config
+from ocrfleet.inputs.listing import collect_pages
+from ocrfleet.plan.planning import make_plan, manifest_path, read_manifest, split_balanced, write_plan
+from ocrfleet.records import Page, PageRef
 
 
 def make_files(folder, sizes):

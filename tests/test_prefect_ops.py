@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tasks.deploy import DeployError, deploy
+from ocrfleet.tasks.deploy import DeployError, deploy
 from tests.pages import draw_page
 from tests.prefect_server import (ROOT, api_call, free_port, prefect_cli, prefect_server, process_worker,
                                   run_artifacts, wait_for_state)
@@ -56,9 +56,9 @@ def trigger_adhoc(api_url: str, home: Path, config: dict) -> str:
 
 
 def ocr_workers(run_dir: Path) -> list[psutil.Process]:
-    """Live `python -m tasks.worker` processes of the run in `run_dir`."""
+    """Live `python -m ocrfleet.run.worker` processes of the run in `run_dir`."""
     return [process for process in psutil.process_iter(["cmdline", "status"])
-            if "tasks.worker" in (process.info["cmdline"] or []) and str(run_dir) in process.info["cmdline"]
+            if "ocrfleet.run.worker" in (process.info["cmdline"] or []) and str(run_dir) in process.info["cmdline"]
             and process.info["status"] != psutil.STATUS_ZOMBIE]
 
 
@@ -70,7 +70,7 @@ def test_deploy_creates_the_pool_and_both_deployments_and_is_idempotent(deployed
     assert set(found) == {"nightly", "adhoc", "corpus"}
     for name, deployment in found.items():
         ocr = name != "corpus"
-        assert deployment["entrypoint"] == ("flows/ocr_flow.py:ocr_run" if ocr else "flows/corpus_flow.py:corpus_run")
+        assert deployment["entrypoint"] == ("ocrfleet.flows.ocr_flow.ocr_run" if ocr else "ocrfleet.flows.corpus_flow.corpus_run")
         assert deployment["work_pool_name"] == ("ocrfleet" if ocr else "ocrfleet-control")
         # A worker started anywhere runs the flow from this checkout.
         assert deployment["pull_steps"] == [
@@ -188,11 +188,11 @@ def test_progress_and_summary_artifacts_attach_to_the_flow_run(api_url, word_pag
     from prefect.logging.handlers import APILogWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from tasks.config import load_config
-    from tasks.planning import make_plan
-    from tasks.records import ShardReport
-    from tasks.reporting import PROGRESS_KEY, SHARDS_KEY, SUMMARY_KEY, ProgressReporter, publish_summary
-    from tasks.summary import RunSummary, ShardSummary
+    from ocrfleet.config import load_config
+    from ocrfleet.plan.planning import make_plan
+    from ocrfleet.records import ShardReport
+    from ocrfleet.tasks.reporting import PROGRESS_KEY, SHARDS_KEY, SUMMARY_KEY, ProgressReporter, publish_summary
+    from ocrfleet.reduce.summary import RunSummary, ShardSummary
 
     plan = make_plan(load_config(None, inputs=[str(word_pages)], output_dir=str(tmp_path), devices="cpu:2")).plan
     report = ShardReport(shard=0, device="cpu", pid=1, hostname="h", pages_planned=2, pages_resumed=0,

@@ -6,8 +6,8 @@ import pytest
 from benchmarks.accuracy import REAL, printed_lines
 from benchmarks.plain_loop import bundled_models
 from benchmarks.textscore import score
-from tasks.engine import PaddleOcrEngine
-from tasks.pages import load_page
+from ocrfleet.run.engine import PaddleOcrEngine
+from ocrfleet.inputs.pages import load_page
 
 # Characters read right, spaces ignored, at least: measured 97.1% and 99.7% (benchmarks/RESULTS.md, `accuracy`),
 # less a margin for other CPUs' arithmetic. A page read with another page's transcription scores below 30%.

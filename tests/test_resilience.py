@@ -12,13 +12,13 @@ import pytest
 from PIL import Image
 
 from tasks import launch
-from tasks.config import load_config
-from tasks.launch import WorkerFailed, run_worker
-from tasks.lock import LOCK_NAME, RunDirBusy, hold_run_dir
-from tasks.planning import prepare_run, shard_paths
-from tasks.records import PageRecord, complete_records, read_jsonl
-from tasks.summary import reduce_run
-from tasks.worker import run_shard
+from ocrfleet.config import load_config
+from ocrfleet.run.launch import WorkerFailed, run_worker
+from ocrfleet.run.lock import LOCK_NAME, RunDirBusy, hold_run_dir
+from ocrfleet.plan.planning import prepare_run, shard_paths
+from ocrfleet.records import PageRecord, complete_records, read_jsonl
+from ocrfleet.reduce.summary import reduce_run
+from ocrfleet.run.worker import run_shard
 from tests.faulty_worker import FaultyEngine
 
 
@@ -104,7 +104,7 @@ def test_a_run_that_reads_its_own_cancel_stops_its_workers_even_when_nobody_kill
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
     from prefect.states import Cancelling
 
-    from flows.ocr_flow import ocr_run
+    from ocrfleet.flows.ocr_flow import ocr_run
 
     faulty(hang=[103])  # until page_timeout_s, after which, if nothing stopped it, the run would complete
     out, plan = plan_cpu(tmp_path, range(100, 106), page_timeout_s=90)
@@ -244,7 +244,7 @@ def test_a_second_run_on_a_held_output_dir_is_refused_naming_the_holder(tmp_path
 
 
 def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
-    code = ("import sys, time; from pathlib import Path; from tasks.lock import hold_run_dir\n"
+    code = ("import sys, time; from pathlib import Path; from ocrfleet.run.lock import hold_run_dir\n"
             "with hold_run_dir(Path(sys.argv[1]), 'doomed'):\n    print('held', flush=True); time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline() == "held\n"
@@ -258,8 +258,8 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
 
 
 def test_gpu_locks_make_a_second_run_wait_for_the_gpu(tmp_path, monkeypatch):
-    from tasks.devices import Device
-    from tasks.lock import hold_devices
+    from ocrfleet.plan.devices import Device
+    from ocrfleet.run.lock import hold_devices
 
     monkeypatch.setenv("OCRFLEET_LOCK_DIR", str(tmp_path))
     gpu = Device(name="gpu:3", gpu_id=3, cuda_visible="3", uuid="GPU-3333")
@@ -280,7 +280,7 @@ def test_gpu_locks_make_a_second_run_wait_for_the_gpu(tmp_path, monkeypatch):
 def test_the_progress_bar_counts_records_as_workers_write_them(tmp_path):
     import io
 
-    from tasks.progress import ProgressBar, RecordCounter, bar
+    from ocrfleet.run.progress import ProgressBar, RecordCounter, bar
 
     out, plan = plan_cpu(tmp_path, range(100, 104))
     stream = io.StringIO()

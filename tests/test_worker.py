@@ -4,12 +4,12 @@ import sys
 
 import pytest
 
-from tasks.config import load_config
-from tasks.engine import EngineUnusable
-from tasks.planning import make_plan, shard_paths, write_plan
-from tasks.records import PageRecord, TextLine, complete_records, read_jsonl
-from tasks.summary import reduce_run
-from tasks.worker import run_shard
+from ocrfleet.config import load_config
+from ocrfleet.run.engine import EngineUnusable
+from ocrfleet.plan.planning import make_plan, shard_paths, write_plan
+from ocrfleet.records import PageRecord, TextLine, complete_records, read_jsonl
+from ocrfleet.reduce.summary import reduce_run
+from ocrfleet.run.worker import run_shard
 from tests.pages import draw_page
 
 BOX = ((0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0))
@@ -110,12 +110,12 @@ def test_a_torn_last_line_is_cut_off_never_parsed(tmp_path):
 
 
 def test_the_worker_process_never_imports_prefect():
-    code = "import tasks.worker, sys; assert 'prefect' not in sys.modules, 'prefect imported'"
+    code = "import ocrfleet.run.worker, sys; assert 'prefect' not in sys.modules, 'prefect imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_a_worker_refuses_a_gpu_id_that_disagrees_with_the_plan(planned):
-    result = subprocess.run([sys.executable, "-m", "tasks.worker", "--run-dir", str(planned), "--shard", "0",
+    result = subprocess.run([sys.executable, "-m", "ocrfleet.run.worker", "--run-dir", str(planned), "--shard", "0",
                              "--gpu-id", "3"], capture_output=True, text=True, env={**os.environ,
                                                                                      "CUDA_VISIBLE_DEVICES": ""})
     assert result.returncode == 2
@@ -124,7 +124,7 @@ def test_a_worker_refuses_a_gpu_id_that_disagrees_with_the_plan(planned):
 
 @pytest.fixture
 def gpu_planned(tmp_path):
-    from tasks.placement import place
+    from ocrfleet.plan.placement import place
     from tests.test_devices import EIGHT, inventory
 
     for i in range(3):
@@ -137,7 +137,7 @@ def gpu_planned(tmp_path):
 
 
 def test_a_worker_on_the_wrong_gpu_stops_before_any_page(gpu_planned):
-    from tasks.worker import PlacementMismatch, verify_placement
+    from ocrfleet.run.worker import PlacementMismatch, verify_placement
 
     out, gpus = gpu_planned
     with pytest.raises(PlacementMismatch, match=r"planned on gpu:1 .* runs on gpu:0"):
@@ -147,7 +147,7 @@ def test_a_worker_on_the_wrong_gpu_stops_before_any_page(gpu_planned):
 
 
 def test_the_gpu_a_worker_holds_goes_into_its_report_and_the_summary(gpu_planned):
-    from tasks.worker import verify_placement
+    from ocrfleet.run.worker import verify_placement
 
     out, gpus = gpu_planned
     for shard, gpu in ((0, gpus[1]), (1, gpus[3])):
@@ -160,7 +160,7 @@ def test_the_gpu_a_worker_holds_goes_into_its_report_and_the_summary(gpu_planned
 
 
 def test_an_unverifiable_placement_is_a_warning_in_the_summary(gpu_planned):
-    from tasks.worker import verify_placement
+    from ocrfleet.run.worker import verify_placement
 
     out, _ = gpu_planned
     for shard in (0, 1):
@@ -171,7 +171,7 @@ def test_an_unverifiable_placement_is_a_warning_in_the_summary(gpu_planned):
 
 
 def test_reduce_names_a_shard_that_ran_on_another_gpu(gpu_planned):
-    from tasks.worker import verify_placement
+    from ocrfleet.run.worker import verify_placement
 
     out, gpus = gpu_planned
     for shard, gpu in ((0, gpus[1]), (1, gpus[3])):
@@ -188,7 +188,7 @@ def test_the_engine_gets_the_detection_size_and_batch_the_plan_settled_and_they_
     import numpy as np
     from PIL import Image
 
-    from tasks.planning import make_plan, prepare_run
+    from ocrfleet.plan.planning import make_plan, prepare_run
 
     Image.fromarray(np.full((40, 60, 3), 255, np.uint8)).save(tmp_path / "a.png")
     config = load_config(None, inputs=[str(tmp_path / "a.png")], output_dir=str(tmp_path / "out"), devices="cpu:1")

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from tasks.planning import Plan, read_plan
+from ocrfleet.plan.planning import Plan, read_plan
 
 
 class RecordCounter:

@@ -2,12 +2,12 @@
 
 Invocation::
 
-    python -m tasks.worker --run-dir DIR --shard N [--gpu-id G] [--careful] [--watch-parent]
+    python -m ocrfleet.run.worker --run-dir DIR --shard N [--gpu-id G] [--careful] [--watch-parent]
 
 Environment: `CUDA_VISIBLE_DEVICES` names exactly the one GPU the worker owns (empty for CPU), with
 `CUDA_DEVICE_ORDER=PCI_BUS_ID`, so Paddle runs on `gpu:0`, which is physical GPU G; the thread
 variables (`OMP_NUM_THREADS`, ...) hold its share of the CPU. The parent sets all of it (see
-`tasks.placement`); a GPU id that disagrees with the plan is refused.
+`ocrfleet.plan.placement`); a GPU id that disagrees with the plan is refused.
 
 Reads `DIR/run.json` (the plan) and `DIR/shards/0000N.jsonl` (its pages).
 Writes, in this order:
@@ -49,16 +49,16 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from tasks.devices import Device, GpuInfo
-from tasks.engine import EngineUnusable, OcrEngine, PaddleOcrEngine
-from tasks.ledger import file_sha256
-from tasks.nvml import NvmlUnavailable, UtilizationSampler, held_device
-from tasks.pages import PageReader
-from tasks.planning import Plan, ShardPlan, read_manifest, read_plan, shard_paths
-from tasks.records import PageRecord, PageRef, ShardReport, complete_records, write_atomic
-from tasks.storage import remembering_objects
+from ocrfleet.plan.devices import Device, GpuInfo
+from ocrfleet.run.engine import EngineUnusable, OcrEngine, PaddleOcrEngine
+from ocrfleet.plan.ledger import file_sha256
+from ocrfleet.plan.nvml import NvmlUnavailable, UtilizationSampler, held_device
+from ocrfleet.inputs.pages import PageReader
+from ocrfleet.plan.planning import Plan, ShardPlan, read_manifest, read_plan, shard_paths
+from ocrfleet.records import PageRecord, PageRef, ShardReport, complete_records, write_atomic
+from ocrfleet.inputs.storage import remembering_objects
 
-log = logging.getLogger("tasks.worker")
+log = logging.getLogger("ocrfleet.run.worker")
 
 EXIT_BAD_INVOCATION = 2
 EXIT_ENGINE_UNUSABLE = 3
@@ -261,7 +261,7 @@ def _exit_with_parent() -> None:
 
 
 def main(argv: list[str] | None = None, engine_factory: Callable[..., OcrEngine] = PaddleOcrEngine) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tasks.worker", description="OCR one shard of a planned run.")
+    parser = argparse.ArgumentParser(prog="python -m ocrfleet.run.worker", description="OCR one shard of a planned run.")
     parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("--shard", type=int, required=True)
     parser.add_argument("--gpu-id", type=int, default=None, help="physical (NVML) id of the GPU this shard owns")

@@ -24,11 +24,11 @@ from concurrent.futures import ThreadPoolExecutor
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from tasks.inputs import (DOCUMENT_SUFFIXES, MANIFEST_SUFFIXES, MULTI_PAGE_SUFFIXES, PIXELS_PER_BYTE, InputError,
+from ocrfleet.inputs.listing import (DOCUMENT_SUFFIXES, MANIFEST_SUFFIXES, MULTI_PAGE_SUFFIXES, PIXELS_PER_BYTE, InputError,
                           manifest_rows, raise_if, row_fields, split_range)
-from tasks.pages import probe_data
-from tasks.records import PageRef
-from tasks.storage import Stat, full_url, is_url, object_stat, read_object, split_url, stat_sources
+from ocrfleet.inputs.pages import probe_data
+from ocrfleet.records import PageRef
+from ocrfleet.inputs.storage import Stat, full_url, is_url, object_stat, read_object, split_url, stat_sources
 
 _FETCH_THREADS = 8
 LETTER_INCHES = 8.5 * 11  # the page cost of a PDF page not read at planning: a letter page at `dpi`

@@ -6,11 +6,11 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from tasks.devices import (
+from ocrfleet.plan.devices import (
     CPU, STRIPPED_NAMES, STRIPPED_PREFIXES, THREAD_VARS, Device, DeviceError, GpuInfo,
     paddle_gpu_installed, parse_devices, visible_gpus,
 )
-from tasks.nvml import NvmlUnavailable, nvml_inventory
+from ocrfleet.plan.nvml import NvmlUnavailable, nvml_inventory
 
 GPU_PADDLE_HINT = ("install the CUDA build of Paddle: pip install 'paddlepaddle-gpu>=3' --index-url "
                    "https://www.paddlepaddle.org.cn/packages/stable/cu126/ (see README, GPU quick start)")

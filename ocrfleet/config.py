@@ -8,8 +8,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tasks.models import DET_LIMIT
-from tasks.storage import check_protocol, is_url, local_path
+from ocrfleet.plan.models import DET_LIMIT
+from ocrfleet.inputs.storage import check_protocol, is_url, local_path
 
 
 class ConfigError(ValueError):
@@ -159,7 +159,7 @@ class JobConfig(BaseModel):
     @field_validator("devices")
     @classmethod
     def _devices_parse(cls, value: str) -> str:
-        from tasks.devices import parse_devices  # devices imports nothing from here at module level
+        from ocrfleet.plan.devices import parse_devices  # devices imports nothing from here at module level
 
         parse_devices(value)
         return value.strip().lower()

@@ -26,12 +26,12 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tasks.config import JobConfig
-from tasks.inputs import collect_pages
-from tasks.outputs import write_outputs
-from tasks.planning import split_balanced
-from tasks.records import PageRecord, PageRef, ShardReport, complete_lines, write_atomic
-from tasks.summary import Totals, reconcile_lines
+from ocrfleet.config import JobConfig
+from ocrfleet.inputs.listing import collect_pages
+from ocrfleet.reduce.outputs import write_outputs
+from ocrfleet.plan.planning import split_balanced
+from ocrfleet.records import PageRecord, PageRef, ShardReport, complete_lines, write_atomic
+from ocrfleet.reduce.summary import Totals, reconcile_lines
 
 CORPUS_PLAN = "corpus.json"
 
@@ -168,7 +168,7 @@ def read_corpus_plan(output_dir: Path) -> CorpusPlan:
 
 def planned_pages(spec: ChunkPlan) -> set[tuple[str, int]]:
     """The (source, page) keys chunk `spec`'s manifest holds, read back from the manifest itself."""
-    from tasks.inputs import parse_page_range
+    from ocrfleet.inputs.listing import parse_page_range
 
     keys = set()
     for line in complete_lines(Path(spec.manifest)):

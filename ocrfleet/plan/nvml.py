@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from tasks.devices import GpuInfo, MigInfo
+from ocrfleet.plan.devices import GpuInfo, MigInfo
 
 
 class NvmlUnavailable(RuntimeError):

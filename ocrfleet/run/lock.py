@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tasks.devices import Device
+from ocrfleet.plan.devices import Device
 
 log = logging.getLogger(__name__)
 

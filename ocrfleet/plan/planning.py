@@ -16,15 +16,15 @@ from typing import NamedTuple, TypeVar, overload
 
 from pydantic import BaseModel, ConfigDict
 
-from tasks.config import JobConfig
-from tasks.devices import Device, DeviceError
-from tasks.inputs import InputError, list_pages
-from tasks.ledger import CARRIED, Prior, prior_records, split_done
-from tasks.models import (REC_BATCH, Engine, ModelDirs, bundled_dir, default_cache_dir, fingerprint, is_bundled,
+from ocrfleet.config import JobConfig
+from ocrfleet.plan.devices import Device, DeviceError
+from ocrfleet.inputs.listing import InputError, list_pages
+from ocrfleet.plan.ledger import CARRIED, Prior, prior_records, split_done
+from ocrfleet.plan.models import (REC_BATCH, Engine, ModelDirs, bundled_dir, default_cache_dir, fingerprint, is_bundled,
                           materialize)
-from tasks.placement import Placement, default_threads, launcher_warning, place, worker_env_overrides
-from tasks.records import Page, PageRecord, PageRef, read_jsonl, write_atomic
-from tasks.storage import Stat, stat_sources
+from ocrfleet.plan.placement import Placement, default_threads, launcher_warning, place, worker_env_overrides
+from ocrfleet.records import Page, PageRecord, PageRef, read_jsonl, write_atomic
+from ocrfleet.inputs.storage import Stat, stat_sources
 
 _VERSIONED = ("ocrfleet", "paddleocr", "paddlex", "paddlepaddle", "paddlepaddle-gpu", "onnxruntime",
               "rapidocr-paddle", "rapidocr-onnxruntime")

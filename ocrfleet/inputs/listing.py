@@ -11,7 +11,7 @@ What an input may be:
   columns) or `.jsonl` (one object per line with the same keys). Relative paths are relative to
   the manifest's folder. Every bad row is reported at once (up to ten of them), naming file and line;
 - a URL (`s3://bucket/scans/`, a glob, an object, a manifest), or a manifest naming URLs: listed
-  through fsspec by `tasks.remote_inputs`, with the same meanings.
+  through fsspec by `ocrfleet.inputs.remote`, with the same meanings.
 
 `collect_pages` gives `PageRef` models; `list_pages` the same pages as `Page` tuples, which is what
 planning a million inputs can afford (a model costs about 1 KB and 7 us).
@@ -37,8 +37,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from tasks.pages import probe_pages
-from tasks.records import Page, PageRef
+from ocrfleet.inputs.pages import probe_pages
+from ocrfleet.records import Page, PageRef
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
 DOCUMENT_SUFFIXES = IMAGE_SUFFIXES | {".pdf"}
@@ -103,7 +103,7 @@ def collect_pages(inputs: Sequence[str], *, dpi: int = 100, include_globs: Seque
 def list_pages(inputs: Sequence[str], *, dpi: int = 100, include_globs: Sequence[str] = (),
                exclude_globs: Sequence[str] = (), manifest_path_column: str = "path") -> list[Page]:
     """`collect_pages` as `Page` tuples: what planning holds, a million of them in a few hundred MB."""
-    from tasks.remote_inputs import collect_remote, names_remote  # it imports this module
+    from ocrfleet.inputs.remote import collect_remote, names_remote  # it imports this module
 
     if any(map(names_remote, inputs)):  # URLs, and manifests naming them, are listed through fsspec
         local = functools.partial(collect_pages, dpi=dpi, include_globs=include_globs, exclude_globs=exclude_globs,

@@ -25,8 +25,8 @@ from typing import NamedTuple
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
-from tasks.records import write_atomic
-from tasks.storage import local_path
+from ocrfleet.records import write_atomic
+from ocrfleet.inputs.storage import local_path
 
 PUBLISHED = ("results.jsonl", "failures.jsonl", "results.parquet", "text", "pages", "vis")
 MARKER = "summary.json"
@@ -86,7 +86,7 @@ def finished_files(run_dir: Path) -> list[str]:
             found.append(name)
         for folder, _, names in os.walk(path):
             relative = Path(folder).relative_to(run_dir).as_posix()
-            # A crashed writer's temporary file (`.NAME.PID.tmp`, see tasks.outputs) is not an output.
+            # A crashed writer's temporary file (`.NAME.PID.tmp`, see ocrfleet.reduce.outputs) is not an output.
             found += [f"{relative}/{file}" for file in names if not (file.startswith(".") and file.endswith(".tmp"))]
     return sorted(found)
 

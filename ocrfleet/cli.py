@@ -14,17 +14,17 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from tasks.config import ConfigError, JobConfig, load_config
-from tasks.deploy import DeployError
-from tasks.devices import DeviceError, visible_gpus
-from tasks.nvml import NvmlUnavailable, nvml_inventory
-from tasks.inputs import InputError
-from tasks.lock import RunDirBusy, check_run_dir, hold_run_dir
-from tasks.placement import place
-from tasks.progress import ProgressBar
-from tasks.publish import is_published, publish
-from tasks.storage import is_url
-from tasks.summary import up_to_date
+from ocrfleet.config import ConfigError, JobConfig, load_config
+from ocrfleet.tasks.deploy import DeployError
+from ocrfleet.plan.devices import DeviceError, visible_gpus
+from ocrfleet.plan.nvml import NvmlUnavailable, nvml_inventory
+from ocrfleet.inputs.listing import InputError
+from ocrfleet.run.lock import RunDirBusy, check_run_dir, hold_run_dir
+from ocrfleet.plan.placement import place
+from ocrfleet.run.progress import ProgressBar
+from ocrfleet.reduce.publish import is_published, publish
+from ocrfleet.inputs.storage import is_url
+from ocrfleet.reduce.summary import up_to_date
 
 _EXPECTED = (ConfigError, DeviceError, InputError, RunDirBusy)
 _FLOW_COMMANDS = ("run", "reprocess", "corpus")  # commands that run a Prefect flow in this process
@@ -53,7 +53,7 @@ def _config(args: argparse.Namespace) -> JobConfig:
 
 def _preflight(config: JobConfig) -> None:
     """Cheap checks that fail in one line before Prefect starts; listing the inputs is left to the flow."""
-    from tasks.planning import place_for
+    from ocrfleet.plan.planning import place_for
 
     for spec in () if config.only_failed else config.inputs:
         if is_url(spec):
@@ -78,7 +78,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"ocrfleet: published to {config.publish_to}")
         print(f"ocrfleet: {finished.verdict()}")
         return 0 if finished.valid else 1
-    from flows.ocr_flow import ocr_run  # Prefect is imported only by commands that run a flow
+    from ocrfleet.flows.ocr_flow import ocr_run  # Prefect is imported only by commands that run a flow
 
     with ProgressBar(Path(config.output_dir)):
         state = ocr_run(config=config, return_state=True)
@@ -100,8 +100,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_reprocess(args: argparse.Namespace) -> int:
     """Redo a subset of an earlier run into a new output dir, with the earlier settings unless overridden."""
-    from tasks.config import validate_config
-    from tasks.planning import read_plan
+    from ocrfleet.config import validate_config
+    from ocrfleet.plan.planning import read_plan
 
     try:
         earlier = read_plan(args.run_dir).config
@@ -124,7 +124,7 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from tasks.planning import make_plan
+    from ocrfleet.plan.planning import make_plan
 
     plan = make_plan(_config(args)).plan
     if args.json:
@@ -181,8 +181,8 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 def cmd_corpus(args: argparse.Namespace) -> int:
     """A corpus split into chunks, each an `adhoc` run on whichever machine's worker is free (docs/scale-out.md)."""
-    from tasks.corpus import CorpusConfig
-    from tasks.deploy import check_reachable, configured_api_url
+    from ocrfleet.corpus import CorpusConfig
+    from ocrfleet.tasks.deploy import check_reachable, configured_api_url
 
     api_url = args.api_url or configured_api_url()  # chunks run on the fleet's workers: never an ephemeral API
     check_reachable(api_url)
@@ -194,7 +194,7 @@ def cmd_corpus(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         raise ConfigError(f"invalid corpus settings: {exc}") from None
     check_run_dir(Path(config.job.output_dir))
-    from flows.corpus_flow import corpus_run
+    from ocrfleet.flows.corpus_flow import corpus_run
 
     state = corpus_run(config=config, return_state=True)
     out = Path(config.job.output_dir)
@@ -207,7 +207,7 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from tasks.deploy import deploy
+    from ocrfleet.tasks.deploy import deploy
 
     root = Path(__file__).resolve().parents[1]  # a checkout (or editable install): deployments/ lives there
     pools = deploy(root, api_url=args.api_url)

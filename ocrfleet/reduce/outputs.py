@@ -26,13 +26,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
-from tasks.pages import PageError, load_page
-from tasks.records import PageRecord
-from tasks.storage import is_url
+from ocrfleet.inputs.pages import PageError, load_page
+from ocrfleet.records import PageRecord
+from ocrfleet.inputs.storage import is_url
 
 log = logging.getLogger(__name__)
 
-# The pipeline settings `tasks.engine` runs PaddleOCR 3 with, as its result JSON reports them.
+# The pipeline settings `ocrfleet.run.engine` runs PaddleOCR 3 with, as its result JSON reports them.
 _MODEL_SETTINGS = {"use_doc_preprocessor": False, "use_textline_orientation": False}
 _TEXT_DET_PARAMS = {"limit_side_len": 64, "limit_type": "min", "thresh": 0.3, "max_side_limit": 4000,
                     "box_thresh": 0.6, "unclip_ratio": 1.5}

@@ -1,4 +1,4 @@
-"""Engine: PaddleOCR 3's OCR pipeline behind a small seam (reading pages' pixels is `tasks.pages`)."""
+"""Engine: PaddleOCR 3's OCR pipeline behind a small seam (reading pages' pixels is `ocrfleet.inputs.pages`)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Protocol
 
 import numpy as np
 
-from tasks.models import DET_LIMIT, REC_BATCH, ModelDirs
-from tasks.records import TextLine
+from ocrfleet.plan.models import DET_LIMIT, REC_BATCH, ModelDirs
+from ocrfleet.records import TextLine
 
 log = logging.getLogger(__name__)
 

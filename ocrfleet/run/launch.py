@@ -20,10 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.placement import worker_environment
-from tasks.planning import Plan, ShardPlan, read_manifest, read_plan, shard_paths
-from tasks.records import PageRecord, complete_records
-from tasks.worker import EXIT_BAD_INVOCATION, EXIT_PLACEMENT, EXIT_RECYCLE, PAGE_MARK
+from ocrfleet.plan.placement import worker_environment
+from ocrfleet.plan.planning import Plan, ShardPlan, read_manifest, read_plan, shard_paths
+from ocrfleet.records import PageRecord, complete_records
+from ocrfleet.run.worker import EXIT_BAD_INVOCATION, EXIT_PLACEMENT, EXIT_RECYCLE, PAGE_MARK
 
 LineSink = Callable[[int, str], None]
 
@@ -71,7 +71,7 @@ def reset_run(run_dir: Path) -> None:
 
 
 # The module run as the worker; tests point this at a wrapper that injects faults.
-WORKER_MODULE = "tasks.worker"
+WORKER_MODULE = "ocrfleet.run.worker"
 
 # Pages quarantined one after another with nothing recorded between them: the device or the
 # environment is broken, not the pages, so stop blaming pages and fail the shard.
@@ -253,5 +253,5 @@ def _pump(process: subprocess.Popen, log_path: Path, tail: collections.deque, si
             level = _LEVELS.get(level_name)
             if level is not None:
                 sink(level, rest.partition(": ")[2] or rest)
-            elif line.startswith("INFO tasks.worker: "):
-                sink(logging.INFO, line.removeprefix("INFO tasks.worker: "))
+            elif line.startswith("INFO ocrfleet.run.worker: "):
+                sink(logging.INFO, line.removeprefix("INFO ocrfleet.run.worker: "))

@@ -17,8 +17,8 @@ from typing import TypeVar
 
 from pydantic import ValidationError
 
-from tasks.records import Page, PageRef, RecordIdentity, complete_lines
-from tasks.storage import is_url, url_sha256
+from ocrfleet.records import Page, PageRef, RecordIdentity, complete_lines
+from ocrfleet.inputs.storage import is_url, url_sha256
 
 CARRIED = "carried.jsonl"
 

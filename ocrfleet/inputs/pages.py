@@ -4,7 +4,7 @@ Pages are what `PageRef.page` counts: the frames of a TIFF and the pages of a PD
 animated GIF, WebP or PNG are not pages (they are animation), so only frame 0 is read and page 1 of
 such a file is `PageOutOfRange`. A file is a PDF by its content (`%PDF` near the start), any other
 file is whatever Pillow recognizes by content, whatever its name says. A source that is a URL
-(`tasks.storage`) is read whole in one GET and decoded from memory; the store's errors become the
+(`ocrfleet.inputs.storage`) is read whole in one GET and decoded from memory; the store's errors become the
 same classes as a file's (`FileVanished`, `PermissionDenied`, `NotAFile`, `EmptyFile`), or
 `StorageUnavailable` when the store could not be asked (network, credentials, throttling).
 """
@@ -23,7 +23,7 @@ import numpy as np
 import pypdfium2 as pdfium
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from tasks.storage import is_url, read_object
+from ocrfleet.inputs.storage import is_url, read_object
 
 MIN_SIDE = 2  # a page narrower than this cannot hold a line of text
 _PDF_SNIFF = 1024  # PDF readers accept the %PDF header anywhere in the first KiB

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from tasks.ledger import CARRIED
-from tasks.outputs import write_outputs
-from tasks.config import JobConfig
-from tasks.planning import Plan, make_plan, pages_to_do, read_manifest, read_plan, shard_paths
-from tasks.records import PageRecord, RecordIdentity, ShardReport, complete_lines, write_atomic
+from ocrfleet.plan.ledger import CARRIED
+from ocrfleet.reduce.outputs import write_outputs
+from ocrfleet.config import JobConfig
+from ocrfleet.plan.planning import Plan, make_plan, pages_to_do, read_manifest, read_plan, shard_paths
+from ocrfleet.records import PageRecord, RecordIdentity, ShardReport, complete_lines, write_atomic
 
 
 class ShardSummary(BaseModel):
