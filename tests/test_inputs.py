@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tasks import inputs as inputs_module
+from ocrfleet.inputs import listing as inputs_module
 from ocrfleet.inputs.listing import InputError, collect_pages, parse_page_range
 from tests.test_pages import write_pdf, write_tiff
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tasks import launch, remote_inputs, storage
+from ocrfleet.inputs import remote as remote_inputs, storage
+from ocrfleet.run import launch
 from ocrfleet.config import load_config
 from ocrfleet.inputs.listing import InputError, collect_pages
 from ocrfleet.run.launch import run_worker

@@ -11,7 +11,7 @@ import time
 import pytest
 from PIL import Image
 
-from tasks import launch
+from ocrfleet.run import launch
 from ocrfleet.config import load_config
 from ocrfleet.run.launch import WorkerFailed, run_worker
 from ocrfleet.run.lock import LOCK_NAME, RunDirBusy, hold_run_dir
