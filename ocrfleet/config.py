@@ -8,7 +8,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ocrfleet.plan.models import DET_LIMIT
+from ocrfleet.plan.models import DEFAULT_PRESET, DET_LIMIT, PRESETS, Preset, preset_engines
 from ocrfleet.inputs.storage import check_protocol, is_url, local_path
 
 
@@ -66,15 +66,28 @@ class JobConfig(BaseModel):
     engine: Literal["auto", "paddle", "onnxruntime"] = Field(
         "auto",
         description="Inference engine: 'paddle' (Paddle Inference, required on GPU), 'onnxruntime' "
-        "(CPU), or 'auto' (paddle on GPUs, onnxruntime on CPU).",
+        "(CPU), or 'auto' (onnxruntime for presets shipped only as ONNX; else paddle on GPUs, onnxruntime on CPU).",
     )
-    text_detection_model_name: str = Field("PP-OCRv4_mobile_det", description="PaddleOCR detection model name.")
+    models: Preset = Field(
+        DEFAULT_PRESET, description="Model preset, shipped offline by installed packages: 'pp-ocrv6-small' (the "
+        "default: most words read right on real pages), 'pp-ocrv6-tiny' (about 3x faster), 'pp-ocrv5-mobile' (all "
+        "three ONNX only: onnxruntime engine) or 'pp-ocrv4-mobile' (ONNX and Paddle format). The "
+        "text_detection_model_* / text_recognition_model_* settings override it."
+    )
+    text_detection_model_name: str | None = Field(
+        None, description="PaddleOCR detection model name; null: the preset's. With no model dir and a name no "
+        "installed package ships for the engine, PaddleOCR downloads it by name (needs network access)."
+    )
     text_detection_model_dir: Path | None = Field(
-        None, description="Local detection model dir; unset uses the bundled offline PP-OCRv4 mobile model."
+        None, description="Local detection model dir (its inference.yml's Global.model_name must be the model "
+        "name); unset: the preset's, materialized offline."
     )
-    text_recognition_model_name: str = Field("PP-OCRv4_mobile_rec", description="PaddleOCR recognition model name.")
+    text_recognition_model_name: str | None = Field(
+        None, description="PaddleOCR recognition model name; null: the preset's (download by name as for detection)."
+    )
     text_recognition_model_dir: Path | None = Field(
-        None, description="Local recognition model dir; unset uses the bundled offline PP-OCRv4 mobile model."
+        None, description="Local recognition model dir (Global.model_name as for detection); unset: the preset's, "
+        "materialized offline."
     )
     text_recognition_batch_size: int | None = Field(
         None, ge=1, le=256, description="Text lines recognized per batch; null: 1 with onnxruntime on CPU (fastest "
@@ -122,6 +135,12 @@ class JobConfig(BaseModel):
             raise ValueError("only_failed needs derived_from: the run whose failed pages to redo")
         if self.only_error_classes and not self.only_failed:
             raise ValueError("only_error_classes applies to only_failed reprocessing; set only_failed too")
+        if self.engine == "paddle" and not self.model_names_given() and "paddle" not in preset_engines(self.models):
+            paddle = [name for name in PRESETS if "paddle" in preset_engines(name)]
+            raise ValueError(f"models: {self.models} ships only as ONNX, for engine onnxruntime (or auto); for "
+                             f"engine paddle choose models: {' or '.join(paddle)}, or name the Paddle-format "
+                             "models in text_detection_model_name and text_recognition_model_name (downloaded "
+                             "by PaddleOCR at run time, with network access)")
         if not self.inputs and not self.only_failed:
             raise ValueError("inputs: give at least one file, directory, glob or manifest")
         if self.derived_from is not None and Path(self.derived_from).absolute() == Path(self.output_dir).absolute():
@@ -131,6 +150,12 @@ class JobConfig(BaseModel):
             if target == run_dir or run_dir in target.parents or target in run_dir.parents:
                 raise ValueError("publish_to: a folder apart from output_dir (neither inside the other)")
         return self
+
+    def model_names_given(self) -> bool:
+        """Whether both models are named or given as dirs, so that the preset decides nothing."""
+        return all(name is not None or directory is not None for name, directory in (
+            (self.text_detection_model_name, self.text_detection_model_dir),
+            (self.text_recognition_model_name, self.text_recognition_model_dir)))
 
     @field_validator("inputs")
     @classmethod

