@@ -22,8 +22,9 @@ def measure(quick: bool, work: Path) -> list[Figure]:
     reps = 1 if quick else 3
     onnx, paddle = [], []
     for _ in range(reps):
-        onnx.append(plain_loop(pages, "onnxruntime", threads, via_ocrfleet_engine=True))
-        paddle.append(plain_loop(pages, "paddle", threads, via_ocrfleet_engine=True))
+        # PP-OCRv4 mobile: the one preset shipped for both engines.
+        onnx.append(plain_loop(pages, "onnxruntime", threads, via_ocrfleet_engine=True, models="pp-ocrv4-mobile"))
+        paddle.append(plain_loop(pages, "paddle", threads, via_ocrfleet_engine=True, models="pp-ocrv4-mobile"))
     speedup = median_ratio([p["ocr_s"] for p in paddle], [o["ocr_s"] for o in onnx])
     pairs = list(zip(onnx[0]["texts"], paddle[0]["texts"]))
     identical = sum(a == b for a, b in pairs)

@@ -1,8 +1,8 @@
 """The baseline a user writes without ocrfleet: one process, PaddleOCR built once, `predict(path)` per page.
 
 Run as a subprocess so its thread settings are its own:
-`python -m benchmarks.plain_loop --engine onnxruntime|paddle --threads T [--via-ocrfleet-engine] [--det-max-side N]
-PAGE...`.
+`python -m benchmarks.plain_loop --engine onnxruntime|paddle --threads T [--models PRESET] [--via-ocrfleet-engine]
+[--det-max-side N] PAGE...`.
 Prints one JSON object: load_s, ocr_s, pages and each page's text.
 """
 
@@ -14,16 +14,17 @@ import sys
 import time
 from collections.abc import Callable
 
-from ocrfleet.plan.models import BUNDLED_DET, BUNDLED_REC, DET_LIMIT, ModelDirs, default_cache_dir, materialize
+from ocrfleet.plan.models import DEFAULT_PRESET, DET_LIMIT, PRESETS, ModelDirs, Preset, default_cache_dir, materialize
 
 
-def bundled_models(engine: str) -> ModelDirs:
-    """The offline models ocrfleet uses by default, for `engine`."""
+def bundled_models(engine: str, preset: Preset = DEFAULT_PRESET) -> ModelDirs:
+    """A preset's offline models (ocrfleet's default unless told), for `engine`."""
     cache = default_cache_dir()
-    return ModelDirs(engine=engine, text_detection_model_name=BUNDLED_DET,
-                     text_detection_model_dir=str(materialize(engine, BUNDLED_DET, cache)),
-                     text_recognition_model_name=BUNDLED_REC,
-                     text_recognition_model_dir=str(materialize(engine, BUNDLED_REC, cache)))
+    det, rec = PRESETS[preset]
+    return ModelDirs(engine=engine, text_detection_model_name=det,
+                     text_detection_model_dir=str(materialize(engine, det, cache)),
+                     text_recognition_model_name=rec,
+                     text_recognition_model_dir=str(materialize(engine, rec, cache)))
 
 
 def plain_paddleocr(models: ModelDirs, threads: int, det_max_side: int = DET_LIMIT[0]):
@@ -69,6 +70,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--engine", choices=["onnxruntime", "paddle"], required=True)
     parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--models", choices=sorted(PRESETS), default=DEFAULT_PRESET, help="model preset")
     parser.add_argument("--via-ocrfleet-engine", action="store_true", help="use ocrfleet.run.engine.PaddleOcrEngine")
     parser.add_argument("--rec-batch", type=int, default=6, help="text_recognition_batch_size (ocrfleet engine)")
     parser.add_argument("--det-max-side", type=int, default=DET_LIMIT[0],
@@ -76,7 +78,7 @@ def main() -> int:
     parser.add_argument("pages", nargs="+")
     args = parser.parse_args()
     started = time.monotonic()
-    ocr = _reader(bundled_models(args.engine), args.threads, args.via_ocrfleet_engine, args.rec_batch,
+    ocr = _reader(bundled_models(args.engine, args.models), args.threads, args.via_ocrfleet_engine, args.rec_batch,
                   args.det_max_side)
     load_s = time.monotonic() - started
     texts, started = [], time.monotonic()

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ocrfleet.plan.models import DET_LIMIT
+from ocrfleet.plan.models import DEFAULT_PRESET, DET_LIMIT
 from benchmarks import corpus
 from benchmarks.fleet import ROOT, FleetRun, bench_env, run_fleet
 from benchmarks.report import Figure, figure, median_ratio
@@ -17,9 +17,10 @@ GROUPS = ("overhead", "scaling", "startup", "busy")
 
 
 def plain_loop(pages: list[Path], engine: str, threads: int, via_ocrfleet_engine: bool = False,
-               rec_batch: int = 6, det_max_side: int = DET_LIMIT[0]) -> dict:
+               rec_batch: int = 6, det_max_side: int = DET_LIMIT[0], models: str = DEFAULT_PRESET) -> dict:
     """One run of `benchmarks.plain_loop` in its own process, with the same thread variables as a worker."""
     command = [sys.executable, "-m", "benchmarks.plain_loop", "--engine", engine, "--threads", str(threads),
+               "--models", models,
                "--rec-batch", str(rec_batch), *(["--via-ocrfleet-engine"] if via_ocrfleet_engine else []),
                "--det-max-side", str(det_max_side), *map(str, pages)]
     done = subprocess.run(command, env=bench_env(threads), cwd=ROOT, capture_output=True, text=True, check=True)
