@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from ocrfleet.config import ConfigError, JobConfig, load_config
 from ocrfleet.tasks.deploy import DeployError
 from ocrfleet.plan.devices import DeviceError, visible_gpus
+from ocrfleet.plan.models import DEFAULT_PRESET, PRESETS
 from ocrfleet.plan.nvml import NvmlUnavailable, nvml_inventory
 from ocrfleet.inputs.listing import InputError
 from ocrfleet.run.lock import RunDirBusy, check_run_dir, hold_run_dir
@@ -38,6 +39,7 @@ def _job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--devices", help="auto, gpu, gpu:0,2,3, cpu or cpu:N")
     parser.add_argument("--workers-per-device", type=int, help="shards (worker processes) per device")
     parser.add_argument("--engine", choices=["auto", "paddle", "onnxruntime"])
+    parser.add_argument("--models", choices=sorted(PRESETS), help=f"model preset (default {DEFAULT_PRESET})")
     parser.add_argument("--max-failure-rate", type=float)
     parser.add_argument("--threads-per-worker", type=int)
 
@@ -45,7 +47,7 @@ def _job_arguments(parser: argparse.ArgumentParser) -> None:
 def _config(args: argparse.Namespace) -> JobConfig:
     return load_config(
         args.config, inputs=tuple(args.inputs) or None, output_dir=args.output_dir, devices=args.devices,
-        workers_per_device=args.workers_per_device, engine=args.engine,
+        workers_per_device=args.workers_per_device, engine=args.engine, models=args.models,
         max_failure_rate=args.max_failure_rate, threads_per_worker=args.threads_per_worker,
         publish_to=args.publish_to,
     )
@@ -111,7 +113,7 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
     data = earlier.model_dump(mode="json", exclude={"derived_from", "only_failed", "only_error_classes", "publish_to"})
     overrides = {
         "inputs": tuple(args.inputs) or None, "output_dir": args.output_dir, "devices": args.devices,
-        "workers_per_device": args.workers_per_device, "engine": args.engine,
+        "workers_per_device": args.workers_per_device, "engine": args.engine, "models": args.models,
         "max_failure_rate": args.max_failure_rate, "threads_per_worker": args.threads_per_worker,
         "publish_to": args.publish_to, "include_globs": tuple(args.include) or None, "derived_from": str(args.run_dir),
         "only_failed": args.failed or bool(args.error_class), "only_error_classes": tuple(args.error_class),

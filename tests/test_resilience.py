@@ -201,7 +201,10 @@ def test_a_rerun_processes_only_new_and_changed_files_and_what_new_settings_affe
     assert texts == {"w100.png": "w100", "w101.png": "w110", "w102.png": "w102", "w103.png": "w103"}
     assert third.pages_skipped == 2 and third.problems == []
 
-    paddle = config.model_copy(update={"engine": "paddle"})  # other models: everything is redone
+    tiny = config.model_copy(update={"models": "pp-ocrv6-tiny"})  # other models: everything is redone
+    plan, _ = run_fake(out, tiny)
+    assert plan.pages_skipped == 0 and sum(spec.pages for spec in plan.shards) == 4
+    paddle = config.model_copy(update={"engine": "paddle", "models": "pp-ocrv4-mobile"})  # another engine: again
     plan, _ = run_fake(out, paddle)
     assert plan.pages_skipped == 0 and sum(spec.pages for spec in plan.shards) == 4
 
