@@ -14,9 +14,11 @@ default preset with PaddleOCR 3's own detection (the page as it is), shows why 9
 from __future__ import annotations
 
 import json
+import os
+import statistics
 from pathlib import Path
 
-from benchmarks.report import Figure, figure
+from benchmarks.report import Figure, figure, median_ratio
 from benchmarks.textscore import score, worst_lines
 from benchmarks.throughput import plain_loop
 from ocrfleet.plan.models import DEFAULT_PRESET, PRESETS, REC_BATCH
@@ -50,11 +52,17 @@ def measure(quick: bool, work: Path) -> list[Figure]:
     pages = [page for page in real_pages() if not quick or page.name in QUICK]
     threads = default_threads(1)  # what `--devices cpu` gives its one worker
     batch = REC_BATCH["onnxruntime"]
-    runs = {preset: plain_loop(pages, "onnxruntime", threads, via_ocrfleet_engine=True, rec_batch=batch,
-                               models=preset) for preset in PRESETS}
+    reps = 1 if quick else 3
+    timed: dict[str, list[dict]] = {preset: [] for preset in PRESETS}
+    for _ in range(reps):  # A B C D, A B C D, ...: drift on a shared machine hits every preset alike
+        for preset in PRESETS:
+            timed[preset].append(plain_loop(pages, "onnxruntime", threads, via_ocrfleet_engine=True,
+                                            rec_batch=batch, models=preset))
+    runs = {preset: results[0] for preset, results in timed.items()}
     runs[V4_PADDLE] = plain_loop(pages, "paddle", threads, via_ocrfleet_engine=True, rec_batch=batch, models=V4)
     runs[DET_FULL] = plain_loop(pages, "onnxruntime", threads, via_ocrfleet_engine=True, rec_batch=batch,
                                 det_max_side=0)
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     rows = []
     for index, page in enumerate(pages):
         printed = printed_lines(page)
@@ -63,12 +71,17 @@ def measure(quick: bool, work: Path) -> list[Figure]:
                      **{name: score(printed, read) for name, read in reads.items()}})
     (work / "accuracy-pages.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False), encoding="utf-8")
     speed = {name: run["ocr_s"] / len(pages) for name, run in runs.items()}
+    speed.update({preset: statistics.median(run["ocr_s"] for run in results) / len(pages)
+                  for preset, results in timed.items()})
+    steady = all(run["texts"] == results[0]["texts"] for results in timed.values() for run in results)
     on = (f"{len(pages)} real scanned pages ({', '.join(page.name for page in pages)}; sources, licences and what "
           f"each is in `benchmarks/data/real/SOURCES.md`), `PaddleOcrEngine` per preset in its own process, "
-          f"one after another, onnxruntime, {threads} thread(s), recognition batch {batch}")
+          f"onnxruntime, {threads} thread(s), recognition batch {batch}; each preset {reps} time(s), alternating, "
+          f"s/page the median ({'the same text every time' if steady else '**text differed between reps**'}); "
+          f"load average (1, 5, 15 min) at the end {load} on {os.cpu_count()} cores")
     chars, words = pooled(rows, DEFAULT_PRESET, "chars"), pooled(rows, DEFAULT_PRESET, "words")
-    slower = speed[DEFAULT_PRESET] / speed[V4]
-    tiny = speed[V4] / speed[TINY]
+    slower = median_ratio([run["ocr_s"] for run in timed[DEFAULT_PRESET]], [run["ocr_s"] for run in timed[V4]])
+    tiny = median_ratio([run["ocr_s"] for run in timed[V4]], [run["ocr_s"] for run in timed[TINY]])
     tiny_as_good = all(pooled(rows, TINY, key) >= pooled(rows, V4, key) for key in ("chars", "words"))
     identical = sum(row["identical"] for row in rows)
     return [
@@ -84,12 +97,14 @@ def measure(quick: bool, work: Path) -> list[Figure]:
                "characters with and without spaces above)."),
         figure("accuracy", f"real pages: {DEFAULT_PRESET} s/page / {V4}'s", slower, "x", f"<= {SLOWER_MAX}x",
                slower <= SLOWER_MAX,
-               f"OCR seconds per page over the same pages, each preset's run after the other's on a shared machine "
-               f"(one run each: {speed[DEFAULT_PRESET]:.2f} and {speed[V4]:.2f} s/page).",
+               f"OCR seconds over the same pages, median of the ratios of runs made in the same round "
+               f"({speed[DEFAULT_PRESET]:.2f} and {speed[V4]:.2f} s/page, medians; per preset in the table under "
+               f"the characters figure).",
                "the machine was shared: rerun with `--only accuracy` on an idle one."),
         figure("accuracy", f"real pages: {TINY} speed-up over {V4}, at no worse characters and words", tiny, "x",
                f">= {TINY_FASTER}x, as accurate", tiny >= TINY_FASTER and tiny_as_good,
-               f"{speed[V4]:.2f} / {speed[TINY]:.2f} s/page; characters {pooled(rows, TINY, 'chars'):.2f}% against "
+               f"median of the ratios of runs made in the same round ({speed[V4]:.2f} / {speed[TINY]:.2f} s/page, "
+               f"medians); characters {pooled(rows, TINY, 'chars'):.2f}% against "
                f"{pooled(rows, V4, 'chars'):.2f}%, words {pooled(rows, TINY, 'words'):.1f}% against "
                f"{pooled(rows, V4, 'words'):.1f}%.",
                "see the per-preset table under the characters figure."),

@@ -11,7 +11,7 @@ import pytest
 
 from ocrfleet.flows.ocr_flow import RunInvalid, ocr_run
 from ocrfleet.config import load_config
-from ocrfleet.plan.models import default_cache_dir, materialize
+from ocrfleet.plan.models import DEFAULT_PRESET, PRESETS, default_cache_dir, materialize
 from ocrfleet.records import PageRecord, read_jsonl
 from tests.conftest import WORDS
 
@@ -39,6 +39,8 @@ def run(inputs, out, **settings):
 def test_words_come_back_across_two_cpu_workers_identical_to_one(prefect_api, word_pages, tmp_path):
     summary = run([word_pages], tmp_path / "two", devices="cpu:2")
     assert summary.valid and summary.pages_ok == len(WORDS)
+    models = json.loads((tmp_path / "two" / "run.json").read_text())["models"]  # the default: PP-OCRv6 small, ONNX
+    assert (models["engine"], models["text_recognition_model_name"]) == ("onnxruntime", "PP-OCRv6_small_rec")
     assert sorted(shard.device for shard in summary.shards) == ["cpu", "cpu"]
     by_name = {os.path.relpath(r.source, word_pages): r for r in results(tmp_path / "two")}
     for name, lines in WORDS.items():
@@ -55,11 +57,13 @@ def test_scanned_samples_match_a_plain_in_process_paddleocr_loop(prefect_api, tm
     from paddleocr import PaddleOCR
 
     run([SAMPLES], tmp_path / "out", devices="cpu:2")
-    models = {kind: materialize("onnxruntime", f"PP-OCRv4_mobile_{kind}", default_cache_dir()) for kind in ("det", "rec")}
-    ocr = PaddleOCR(text_detection_model_name="PP-OCRv4_mobile_det", text_detection_model_dir=str(models["det"]),
-                    text_recognition_model_name="PP-OCRv4_mobile_rec", text_recognition_model_dir=str(models["rec"]),
+    det, rec = PRESETS[DEFAULT_PRESET]
+    models = {name: str(materialize("onnxruntime", name, default_cache_dir())) for name in (det, rec)}
+    ocr = PaddleOCR(text_detection_model_name=det, text_detection_model_dir=models[det],
+                    text_recognition_model_name=rec, text_recognition_model_dir=models[rec],
                     use_doc_orientation_classify=False, use_doc_unwarping=False, use_textline_orientation=False,
                     text_recognition_batch_size=1,  # what ocrfleet uses on onnxruntime (REC_BATCH)
+                    text_det_limit_side_len=960, text_det_limit_type="max",  # ocrfleet's DET_LIMIT
                     device="cpu", engine="onnxruntime")
     loop = {str(path): "\n".join(ocr.predict(str(path))[0]["rec_texts"]) for path in sorted(SAMPLES.iterdir())}
     assert {r.source: r.text for r in results(tmp_path / "out")} == loop
@@ -68,9 +72,11 @@ def test_scanned_samples_match_a_plain_in_process_paddleocr_loop(prefect_api, tm
 
 def test_the_paddle_engine_reads_the_same_text_as_onnxruntime(prefect_api, word_pages, tmp_path):
     pages = [word_pages / "alpha.png", word_pages / "beta.png"]
-    # The same recognition batch on both: the engines' defaults differ (1 on onnxruntime, 6 on Paddle).
-    run(pages, tmp_path / "paddle", devices="cpu:1", engine="paddle", text_recognition_batch_size=1)
-    run(pages, tmp_path / "onnx", devices="cpu:1", engine="onnxruntime", text_recognition_batch_size=1)
+    # PP-OCRv4 mobile, the preset shipped in Paddle format too. The same recognition batch on both: the engines'
+    # defaults differ (1 on onnxruntime, 6 on Paddle).
+    v4 = {"models": "pp-ocrv4-mobile", "devices": "cpu:1", "text_recognition_batch_size": 1}
+    run(pages, tmp_path / "paddle", engine="paddle", **v4)
+    run(pages, tmp_path / "onnx", engine="onnxruntime", **v4)
     paddle, onnx = results(tmp_path / "paddle"), results(tmp_path / "onnx")
     assert [r.text for r in paddle] == [r.text for r in onnx]
     assert squeeze("Invoice 4821") in squeeze(paddle[0].text)
