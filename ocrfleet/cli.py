@@ -135,7 +135,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     for warning in plan.warnings:
         print(f"WARNING: {warning}")
     done = f" ({plan.pages_skipped} already done, skipped)" if plan.pages_skipped else ""
-    print(f"{plan.pages_total} pages{done}, {len(plan.shards)} shards, engine {plan.models.engine}, "
+    models = f"{plan.models.text_detection_model_name} + {plan.models.text_recognition_model_name}"
+    print(f"{plan.pages_total} pages{done}, {len(plan.shards)} shards, engine {plan.models.engine} ({models}), "
           f"{plan.threads_per_worker} thread(s) per worker")
     for spec in plan.shards:
         env = " ".join(f"{key}={value!r}" for key, value in sorted(spec.env.items()) if "THREADS" not in key)
