@@ -114,8 +114,8 @@ def measure(quick: bool, work: Path) -> list[Figure]:
                f"to 4000 px) instead of ocrfleet's 960 px long side (per page in the table above); characters, "
                f"spaces ignored, {pooled(rows, DET_FULL, 'chars'):.2f}%; {speed[DET_FULL]:.1f} s/page against "
                f"{speed[DEFAULT_PRESET]:.1f} s/page with the default."),
-        figure("accuracy", f"real pages: onnxruntime and paddle read identical text ({V4})", 100 * identical / len(rows),
-               "%", "100%", identical == len(rows),
+        figure("accuracy", f"real pages: onnxruntime and paddle read identical text ({V4})",
+               100 * identical / len(rows), "%", "100%", identical == len(rows),
                f"{identical} of {len(rows)} pages line for line identical; paddle's characters read right "
                f"{pooled(rows, V4_PADDLE, 'chars'):.2f}% against onnxruntime's {pooled(rows, V4, 'chars'):.2f}% "
                f"({speed[V4_PADDLE]:.1f} against {speed[V4]:.1f} s/page).",

@@ -2,7 +2,7 @@
 
 Generated US-letter PDFs of real (vector) text, invoice and ledger lines in three of PDFium's standard fonts
 at 8, 10 and 12 pt, are rendered the way a worker renders them (`ocrfleet.inputs.pages.PageReader`) and read by the
-real engine (`ocrfleet.run.engine.PaddleOcrEngine`, onnxruntime, the bundled PP-OCRv4 mobile models, 1 thread) in
+real engine (`ocrfleet.run.engine.PaddleOcrEngine`, onnxruntime, the default preset's models, 1 thread) in
 a subprocess of its own (`python -m benchmarks.dpi --read PDF... --dpi D...`), every page at every
 resolution, the resolutions in a rotating order so drift on a shared machine hits each alike.
 
@@ -27,6 +27,7 @@ from benchmarks.fleet import ROOT, bench_env
 from benchmarks.report import Figure, figure
 from benchmarks.textscore import levenshtein
 from ocrfleet.config import JobConfig
+from ocrfleet.plan.models import DEFAULT_PRESET
 
 DPIS = (72, 100, 150, 200, 300)
 FONTS = ("Helvetica", "Times-Roman", "Courier")
@@ -56,7 +57,8 @@ def measure(quick: bool, work: Path) -> list[Figure]:
     detail = (f"{pages} generated US-letter pages of vector text ({', '.join(FONTS)} at "
               f"{', '.join(map(str, SIZES))} pt; "
               f"{'8 lines' if quick else 'full pages'} of invoice and ledger lines), each rendered by "
-              f"`ocrfleet.inputs.pages.PageReader` and read by `PaddleOcrEngine` (onnxruntime, PP-OCRv4 mobile, 1 thread) at "
+              f"`ocrfleet.inputs.pages.PageReader` and read by `PaddleOcrEngine` (onnxruntime, {DEFAULT_PRESET}, "
+              f"1 thread) at "
               f"every resolution, model load {read['load_s']:.1f} s apart. Rule: the lowest resolution within "
               f"{TOLERANCE} points of the best character accuracy and {WORDS_TOLERANCE:g} points of the best word "
               f"accuracy, at most {SLOWER:g}x the fastest one's seconds per page (else the lowest within "

@@ -21,6 +21,7 @@ from benchmarks import corpus
 from benchmarks.fleet import FleetRun, Watched, bench_env, run_fleet, watch
 from benchmarks.report import Figure, figure, median_ratio
 from ocrfleet.config import JobConfig
+from ocrfleet.plan.models import DEFAULT_PRESET
 from tests.prefect_server import prefect_server
 
 PROCESSES = 2
@@ -188,7 +189,8 @@ def _compare(name: str, folder: Path, fleet: dict[str, list[FleetRun]], peer: li
             + ("A4 pages at 100 dpi" if name == "uniform" else
                f"receipt scraps, 300-dpi A4 pages and multi-page scanned PDFs rendered at {PDF_DPI} dpi on both "
                f"sides; {_queue_positions(folder)}; {_best_order(fleet, peer)}"))
-    on = (f"{what}; {PROCESSES} processes x 1 thread each side, onnxruntime, bundled PP-OCRv4 mobile models; "
+    on = (f"{what}; {PROCESSES} processes x 1 thread each side, onnxruntime, the default preset's models "
+          f"({DEFAULT_PRESET}); "
           f"{len(peer)} rep(s), each running ocrfleet (ephemeral API), the peer, ocrfleet (server) in turn; "
           f"ratio = peer time / ocrfleet time, so > 1 means ocrfleet is faster; identical text on {same[0]} of "
           f"{same[1]} pages (first rep)")
