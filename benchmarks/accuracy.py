@@ -21,7 +21,7 @@ from pathlib import Path
 from benchmarks.report import Figure, figure, median_ratio
 from benchmarks.textscore import score, worst_lines
 from benchmarks.throughput import plain_loop
-from ocrfleet.plan.models import DEFAULT_PRESET, PRESETS, REC_BATCH
+from ocrfleet.plan.models import DEFAULT_PRESET, DET_LIMIT, PRESETS, REC_BATCH
 from ocrfleet.plan.placement import default_threads
 
 REAL = Path(__file__).resolve().parent / "data" / "real"
@@ -53,15 +53,14 @@ def measure(quick: bool, work: Path) -> list[Figure]:
     threads = default_threads(1)  # what `--devices cpu` gives its one worker
     batch = REC_BATCH["onnxruntime"]
     reps = 1 if quick else 3
-    timed: dict[str, list[dict]] = {preset: [] for preset in PRESETS}
-    for _ in range(reps):  # A B C D, A B C D, ...: drift on a shared machine hits every preset alike
-        for preset in PRESETS:
-            timed[preset].append(plain_loop(pages, "onnxruntime", threads, via_ocrfleet_engine=True,
-                                            rec_batch=batch, models=preset))
-    runs = {preset: results[0] for preset, results in timed.items()}
+    timed: dict[str, list[dict]] = {name: [] for name in (*PRESETS, DET_FULL)}
+    for _ in range(reps):  # A B C D E, A B C D E, ...: drift on a shared machine hits every run alike
+        for name in timed:
+            timed[name].append(plain_loop(pages, "onnxruntime", threads, via_ocrfleet_engine=True, rec_batch=batch,
+                                          models=DEFAULT_PRESET if name == DET_FULL else name,
+                                          det_max_side=0 if name == DET_FULL else DET_LIMIT[0]))
+    runs = {name: results[0] for name, results in timed.items()}
     runs[V4_PADDLE] = plain_loop(pages, "paddle", threads, via_ocrfleet_engine=True, rec_batch=batch, models=V4)
-    runs[DET_FULL] = plain_loop(pages, "onnxruntime", threads, via_ocrfleet_engine=True, rec_batch=batch,
-                                det_max_side=0)
     load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     rows = []
     for index, page in enumerate(pages):
@@ -71,12 +70,13 @@ def measure(quick: bool, work: Path) -> list[Figure]:
                      **{name: score(printed, read) for name, read in reads.items()}})
     (work / "accuracy-pages.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False), encoding="utf-8")
     speed = {name: run["ocr_s"] / len(pages) for name, run in runs.items()}
-    speed.update({preset: statistics.median(run["ocr_s"] for run in results) / len(pages)
-                  for preset, results in timed.items()})
+    speed.update({name: statistics.median(run["ocr_s"] for run in results) / len(pages)
+                  for name, results in timed.items()})
     steady = all(run["texts"] == results[0]["texts"] for results in timed.values() for run in results)
     on = (f"{len(pages)} real scanned pages ({', '.join(page.name for page in pages)}; sources, licences and what "
           f"each is in `benchmarks/data/real/SOURCES.md`), `PaddleOcrEngine` per preset in its own process, "
-          f"onnxruntime, {threads} thread(s), recognition batch {batch}; each preset {reps} time(s), alternating, "
+          f"onnxruntime, {threads} thread(s), recognition batch {batch}; each preset (and the default with PaddleOCR "
+          f"3's detection) {reps} time(s), alternating, "
           f"s/page the median ({'the same text every time' if steady else '**text differed between reps**'}); "
           f"load average (1, 5, 15 min) at the end {load} on {os.cpu_count()} cores")
     chars, words = pooled(rows, DEFAULT_PRESET, "chars"), pooled(rows, DEFAULT_PRESET, "words")
@@ -84,6 +84,7 @@ def measure(quick: bool, work: Path) -> list[Figure]:
     tiny = median_ratio([run["ocr_s"] for run in timed[V4]], [run["ocr_s"] for run in timed[TINY]])
     tiny_as_good = all(pooled(rows, TINY, key) >= pooled(rows, V4, key) for key in ("chars", "words"))
     identical = sum(row["identical"] for row in rows)
+    full_over_default = median_ratio(*([run["ocr_s"] for run in timed[name]] for name in (DET_FULL, DEFAULT_PRESET)))
     return [
         figure("accuracy", f"real pages: characters read right, spaces ignored ({DEFAULT_PRESET}, the default)",
                chars, "%", f">= {CHARS_TARGET}%", chars >= CHARS_TARGET,
@@ -113,7 +114,8 @@ def measure(quick: bool, work: Path) -> list[Figure]:
                f"{DEFAULT_PRESET} with `text_det_limit_side_len=null` (PaddleOCR 3 detects on the page as it is, up "
                f"to 4000 px) instead of ocrfleet's 960 px long side (per page in the table above); characters, "
                f"spaces ignored, {pooled(rows, DET_FULL, 'chars'):.2f}%; {speed[DET_FULL]:.1f} s/page against "
-               f"{speed[DEFAULT_PRESET]:.1f} s/page with the default."),
+               f"{speed[DEFAULT_PRESET]:.1f} s/page with the default (medians; median ratio of runs in the same "
+               f"round {full_over_default:.2f}x)."),
         figure("accuracy", f"real pages: onnxruntime and paddle read identical text ({V4})",
                100 * identical / len(rows), "%", "100%", identical == len(rows),
                f"{identical} of {len(rows)} pages line for line identical; paddle's characters read right "
