@@ -34,7 +34,7 @@ DET_LIMIT: tuple[int, Literal["max", "min"]] = (960, "max")
 
 Preset = Literal["pp-ocrv6-small", "pp-ocrv6-tiny", "pp-ocrv5-mobile", "pp-ocrv4-mobile"]
 # Reads real pages' words far better than PP-OCRv4 (95% against 69%) at no more time; tiny, faster still, knows
-# fewer characters and read 4 of 6 pages' characters less well (benchmarks/RESULTS.md, `accuracy`; README, "Engines and models").
+# fewer characters and read 4 of 6 pages' characters less well (benchmarks/RESULTS.md, `accuracy`; README).
 DEFAULT_PRESET: Preset = "pp-ocrv6-small"
 # Each preset's detection and recognition model names, as PaddleOCR and their inference.yml know them.
 PRESETS: dict[Preset, tuple[str, str]] = {
