@@ -86,6 +86,19 @@ def test_the_flow_refuses_a_run_outside_the_roots_before_creating_its_run_dir(si
     assert not out.exists()
 
 
+def test_the_corpus_flow_refuses_a_corpus_outside_the_roots_before_creating_its_dir(site, prefect_api):
+    from ocrfleet.corpus import CorpusConfig
+    from ocrfleet.flows.corpus_flow import corpus_run
+
+    out = site / "results" / "corpus"
+    config = CorpusConfig.model_validate({"job": {"inputs": [str(site / "scans")], "output_dir": str(out),
+                                                  "publish_to": "s3://other-team/ocr"}, "chunks": 2})
+    state = corpus_run(config=config, return_state=True)
+    assert state.is_failed()
+    assert "allowed_publish_prefixes" in str(state.result(raise_on_failure=False))
+    assert not out.exists()
+
+
 def test_reprocessing_checks_the_earlier_run_and_every_failed_page_it_would_redo(site):
     earlier = site / "results" / "earlier"
     earlier.mkdir()
