@@ -5,7 +5,8 @@ the workers read and write them with their own permissions and credentials. The 
 
 - `allowed_input_roots`: every file a run reads (each input, each manifest, every page source a manifest or
   directory names, `derived_from`, model dirs) lies under one of them, after symlinks and `..` are resolved;
-  a URL starts with one of them (`s3://bucket/scans`, compared after normalizing);
+  a URL starts with one of them (`s3://bucket/scans`, compared after normalizing); `derived_from` may
+  also lie under an allowed output root;
 - `allowed_output_roots`: `output_dir` (and `model_cache_dir` when set) lies under one of them;
 - `allowed_publish_prefixes`: `publish_to`, a path or URL, lies under one of them.
 
@@ -90,7 +91,9 @@ def check_run(config: JobConfig, policy: Policy | None = None) -> Policy:
     if publish is not None and config.publish_to:
         _require(config.publish_to, publish, "allowed_publish_prefixes", "publish_to")
     if inputs is not None:
-        for name in ("derived_from", "text_detection_model_dir", "text_recognition_model_dir"):
+        if config.derived_from is not None:  # an earlier run dir: the fleet's own output is fine to read back
+            _require(str(config.derived_from), inputs + (outputs or ()), "allowed_input_roots", "derived_from")
+        for name in ("text_detection_model_dir", "text_recognition_model_dir"):
             if getattr(config, name) is not None:
                 _require(str(getattr(config, name)), inputs, "allowed_input_roots", name)
         for spec in () if config.only_failed else config.inputs:

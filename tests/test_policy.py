@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -100,15 +99,17 @@ def test_the_corpus_flow_refuses_a_corpus_outside_the_roots_before_creating_its_
 
 
 def test_reprocessing_checks_the_earlier_run_and_every_failed_page_it_would_redo(site):
-    earlier = site / "results" / "earlier"
+    earlier = site / "elsewhere" / "earlier"
     earlier.mkdir()
     secret = PageRef(source=str(site / "elsewhere" / "secret.png"), page=0)
     record = PageRecord.failed(secret, "WorkerCrashed", "died", shard=0, device="cpu", settings="s")
     (earlier / "failures.jsonl").write_text(record.model_dump_json() + "\n")
     config = load_config(None, output_dir=str(site / "results" / "redo"), derived_from=str(earlier), only_failed=True)
-    with pytest.raises(PolicyError, match="allowed_input_roots"):  # the earlier run dir is not an input root
+    with pytest.raises(PolicyError, match="derived_from .* allowed_input_roots"):  # neither an input nor output root
         check_run(config)
-    os.environ["OCRFLEET_ALLOWED_INPUT_ROOTS"] += f":{earlier}"
+    moved = site / "results" / "earlier"  # an earlier run in an allowed output root may be read back
+    earlier.rename(moved)
+    config = config.model_copy(update={"derived_from": moved})
     with pytest.raises(PolicyError, match=f"a page source {secret.source} is outside"):
         check_run(config)
 
