@@ -21,12 +21,13 @@ from ocrfleet.plan.nvml import NvmlUnavailable, nvml_inventory
 from ocrfleet.inputs.listing import InputError
 from ocrfleet.run.lock import RunDirBusy, check_run_dir, hold_run_dir
 from ocrfleet.plan.placement import place
+from ocrfleet.policy import PolicyError, check_run
 from ocrfleet.run.progress import ProgressBar
 from ocrfleet.reduce.publish import is_published, publish
 from ocrfleet.inputs.storage import is_url
 from ocrfleet.reduce.summary import up_to_date
 
-_EXPECTED = (ConfigError, DeviceError, InputError, RunDirBusy)
+_EXPECTED = (ConfigError, DeviceError, InputError, PolicyError, RunDirBusy)
 _FLOW_COMMANDS = ("run", "reprocess", "corpus")  # commands that run a Prefect flow in this process
 
 
@@ -67,6 +68,7 @@ def _preflight(config: JobConfig) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = getattr(args, "resolved", None) or _config(args)
+    check_run(config)  # the machine's allowed roots, before anything is created
     _preflight(config)
     with hold_run_dir(Path(config.output_dir), "ocrfleet run: up-to-date check"):
         finished = up_to_date(config)
@@ -126,7 +128,9 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from ocrfleet.plan.planning import make_plan
 
-    plan = make_plan(_config(args)).plan
+    config = _config(args)
+    check_run(config)
+    plan = make_plan(config).plan
     if args.json:
         print(plan.model_dump_json(indent=2))
         return 0
@@ -193,6 +197,7 @@ def cmd_corpus(args: argparse.Namespace) -> int:
         config = CorpusConfig.model_validate({k: v for k, v in settings.items() if v is not None})
     except ValidationError as exc:
         raise ConfigError(f"invalid corpus settings: {exc}") from None
+    check_run(config.job)
     check_run_dir(Path(config.job.output_dir))
     from ocrfleet.flows.corpus_flow import corpus_run
 
