@@ -1,0 +1,60 @@
+"""Reruns over awkward inputs: the run's own output dir inside the input folder, broken symlinks, reused records."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from PIL import Image
+
+from ocrfleet.config import load_config
+from ocrfleet.plan.planning import make_plan, prepare_run
+from ocrfleet.records import PageRecord, read_jsonl
+from ocrfleet.reduce.summary import reduce_run, up_to_date
+from ocrfleet.run.worker import run_shard
+from tests.faulty_worker import FaultyEngine
+
+
+def blank(path: Path, width: int = 40) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (width, 20), "white").save(path)
+    return path
+
+
+def run(config) -> None:
+    plan = prepare_run(config)
+    for spec in plan.shards:
+        run_shard(Path(config.output_dir), spec.shard, engine_factory=FaultyEngine)
+    reduce_run(Path(config.output_dir))
+
+
+def test_a_run_never_reads_its_own_output_dir_inside_the_input_folder(tmp_path, caplog):
+    folder = tmp_path / "in"
+    blank(folder / "a.png")
+    out = folder / "ocr"
+    blank(out / "vis" / "a.png.png")  # as `vis` output leaves it
+    blank(out / "deep" / "b.png")
+    for inputs in ([str(folder)], [str(folder / "**" / "*.png")]):
+        config = load_config(None, inputs=inputs, output_dir=str(out), devices="cpu:1")
+        with caplog.at_level(logging.INFO, logger="ocrfleet.inputs.locations"):
+            plan = make_plan(config).plan
+        assert plan.pages_total == 1, inputs
+        assert "left out of the inputs: it is this run's own output dir" in caplog.text
+
+
+def test_broken_symlinks_fail_once_and_a_rerun_reuses_them_until_the_link_changes(tmp_path):
+    folder = tmp_path / "in"
+    blank(folder / "a.png")
+    (folder / "dangling.png").symlink_to(tmp_path / "gone.png")
+    (folder / "loop.png").symlink_to(folder / "loop.png")
+    config = load_config(None, inputs=[str(folder)], output_dir=str(tmp_path / "out"), devices="cpu:1")
+    run(config)
+    records = {Path(r.source).name: r for r in read_jsonl(tmp_path / "out" / "results.jsonl", PageRecord)}
+    assert {name: r.error_class for name, r in records.items()} == {
+        "a.png": None, "dangling.png": "DanglingSymlink", "loop.png": "SymlinkLoop"}
+    assert make_plan(config).plan.pages_skipped == 3 and up_to_date(config) is not None  # nothing to do
+    (folder / "dangling.png").unlink()
+    blank(tmp_path / "gone.png")
+    (folder / "dangling.png").symlink_to(tmp_path / "gone.png")  # repaired: redone
+    planned = make_plan(config)
+    assert [Path(page.source).name for pages in planned.shard_pages for page in pages] == ["dangling.png"]
