@@ -115,20 +115,8 @@ def list_pages(inputs: Sequence[str], *, dpi: int = 100, include_globs: Sequence
     """
     problems: list[str] = []
     places = _Places(problems, leave_out)
-    # Without globs every file found is kept, so each is stat'ed as soon as it is named (see _Stats).
-    with _Stats() as early:
-        wanted = _wanted(inputs, manifest_path_column, problems, places,
-                         None if include_globs or exclude_globs else early.add)
-        kept = _kept(wanted, include_globs, exclude_globs)
-        if not kept:
-            raise_if(problems, "inputs that cannot be used")
-            why = f" ({len(wanted)} found, all left out by include/exclude globs)" if wanted else ""
-            raise InputError(f"no images found in {list(inputs)}{why} "
-                             f"(looked for {', '.join(sorted(DOCUMENT_SUFFIXES))})")
-        paths = sorted(kept)  # linear when they come in order, as from a walk or a sorted manifest
-        facts = places.facts(paths, early)
-    _check_named_files_exist(kept, {path for path, found in zip(paths, facts) if not found[2]}, problems)
-    raise_if(problems, "inputs that cannot be used")
+    kept, paths, facts = _files(inputs, places, problems, include_globs=include_globs, exclude_globs=exclude_globs,
+                                manifest_path_column=manifest_path_column)
     multi = {path for path in paths if _suffix(path) in MULTI_PAGE_SUFFIXES}
     probe = len(paths) - len(multi) <= PROBE_LIMIT  # few enough plain images to read their headers
     # Any other file, as nearly all of a million inputs are, is one page costed by its size.
@@ -143,6 +131,37 @@ def list_pages(inputs: Sequence[str], *, dpi: int = 100, include_globs: Sequence
             pages.append(Page(path, 0, size * PIXELS_PER_BYTE, size, mtime_ns))
     raise_if(problems, "pages asked for do not exist")
     return pages
+
+
+def check_inputs(inputs: Sequence[str], *, include_globs: Sequence[str] = (), exclude_globs: Sequence[str] = (),
+                 manifest_path_column: str = "path", leave_out: str | None = None) -> int:
+    """How many files `inputs` name, or the `InputError` that `list_pages` would raise about them.
+
+    Everything but counting pages (no document is opened): what the CLI checks before starting a flow.
+    """
+    problems: list[str] = []
+    return len(_files(inputs, _Places(problems, leave_out), problems, include_globs=include_globs,
+                      exclude_globs=exclude_globs, manifest_path_column=manifest_path_column)[1])
+
+
+def _files(inputs: Sequence[str], places: _Places, problems: list[str], *, include_globs: Sequence[str],
+           exclude_globs: Sequence[str], manifest_path_column: str) -> tuple[dict[str, Entry], list[str], list[Facts]]:
+    """What is asked of each file the inputs name, the files sorted, and their facts; InputError for problems."""
+    # Without globs every file found is kept, so each is stat'ed as soon as it is named (see _Stats).
+    with _Stats() as early:
+        wanted = _wanted(inputs, manifest_path_column, problems, places,
+                         None if include_globs or exclude_globs else early.add)
+        kept = _kept(wanted, include_globs, exclude_globs)
+        if not kept:
+            raise_if(problems, "inputs that cannot be used")
+            why = f" ({len(wanted)} found, all left out by include/exclude globs)" if wanted else ""
+            raise InputError(f"no images found in {list(inputs)}{why} "
+                             f"(looked for {', '.join(sorted(DOCUMENT_SUFFIXES))})")
+        paths = sorted(kept)  # linear when they come in order, as from a walk or a sorted manifest
+        facts = places.facts(paths, early)
+    _check_named_files_exist(kept, {path for path, found in zip(paths, facts) if not found[2]}, problems)
+    raise_if(problems, "inputs that cannot be used")
+    return kept, paths, facts
 
 
 class _Places:
