@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from ocrfleet.config import load_config
+from ocrfleet.inputs.listing import InputError
 from ocrfleet.plan.planning import make_plan, prepare_run
 from ocrfleet.records import PageRecord, read_jsonl
 from ocrfleet.reduce.summary import reduce_run, up_to_date
@@ -58,3 +60,11 @@ def test_broken_symlinks_fail_once_and_a_rerun_reuses_them_until_the_link_change
     (folder / "dangling.png").symlink_to(tmp_path / "gone.png")  # repaired: redone
     planned = make_plan(config)
     assert [Path(page.source).name for pages in planned.shard_pages for page in pages] == ["dangling.png"]
+
+
+def test_an_input_folder_inside_the_output_dir_is_refused_saying_so(tmp_path):
+    blank(tmp_path / "out" / "scans" / "a.png")
+    config = load_config(None, inputs=[str(tmp_path / "out" / "scans")], output_dir=str(tmp_path / "out"),
+                         devices="cpu:1")
+    with pytest.raises(InputError, match="scans: this run's output dir, or inside it"):
+        make_plan(config)

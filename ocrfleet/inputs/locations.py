@@ -79,7 +79,11 @@ class LocalFiles:
 
     def walk(self, folder: str, documents: frozenset[str]) -> Iterator[str]:
         """The documents under an absolute folder, as absolute paths, in sorted order."""
-        if self._left_out(folder) or not self._first_visit(folder):
+        if self._left_out(folder):
+            self._problems.append(f"{folder}: this run's output dir, or inside it; a run never reads its own "
+                                  "output: give the run another output dir")
+            return
+        if not self._first_visit(folder):
             return
         for root, dirs, names in os.walk(folder, onerror=self._unlistable):
             dirs[:] = sorted(name for name in dirs if self._enter(os.path.join(root, name)))
