@@ -228,3 +228,18 @@ def test_a_folder_that_cannot_be_listed_is_an_error_naming_it(tmp_path, monkeypa
         collect_pages([str(tmp_path / "in")])
     with pytest.raises(InputError, match="cannot list this folder"):
         collect_pages([locked])  # a folder named directly, with nothing else to read
+
+
+def test_an_input_behind_a_folder_that_cannot_be_searched_says_access_denied_and_where(tmp_path, monkeypatch):
+    image(tmp_path / "locked" / "a.png")
+    locked, real_stat = str(tmp_path / "locked"), os.stat
+
+    def denying(path, *args, **kwargs):  # as a chmod 000 parent would for a user other than root
+        if os.fspath(path).startswith(locked + os.sep):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", denying)
+    with pytest.raises(InputError, match=r"a.png: access denied \(Permission denied\); make it readable") as caught:
+        collect_pages([str(tmp_path / "locked" / "a.png")])
+    assert "Errno" not in str(caught.value)

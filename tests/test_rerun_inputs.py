@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -10,8 +11,9 @@ from PIL import Image
 
 from ocrfleet.config import load_config
 from ocrfleet.inputs.listing import InputError
+from ocrfleet.plan.ledger import reusable
 from ocrfleet.plan.planning import make_plan, prepare_run
-from ocrfleet.records import PageRecord, read_jsonl
+from ocrfleet.records import Page, PageRecord, RecordIdentity, read_jsonl
 from ocrfleet.reduce.summary import reduce_run, up_to_date
 from ocrfleet.run.worker import run_shard
 from tests.faulty_worker import FaultyEngine
@@ -53,7 +55,7 @@ def test_broken_symlinks_fail_once_and_a_rerun_reuses_them_until_the_link_change
     run(config)
     records = {Path(r.source).name: r for r in read_jsonl(tmp_path / "out" / "results.jsonl", PageRecord)}
     assert {name: r.error_class for name, r in records.items()} == {
-        "a.png": None, "dangling.png": "DanglingSymlink", "loop.png": "SymlinkLoop"}
+        "a.png": None, "dangling.png": "FileVanished", "loop.png": "SymlinkLoop"}
     assert make_plan(config).plan.pages_skipped == 3 and up_to_date(config) is not None  # nothing to do
     (folder / "dangling.png").unlink()
     blank(tmp_path / "gone.png")
@@ -68,3 +70,14 @@ def test_an_input_folder_inside_the_output_dir_is_refused_saying_so(tmp_path):
                          devices="cpu:1")
     with pytest.raises(InputError, match="scans: this run's output dir, or inside it"):
         make_plan(config)
+
+
+def test_a_file_that_vanished_for_a_while_is_tried_again_unlike_a_dangling_link(tmp_path):
+    back = blank(tmp_path / "back.png")
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "gone.png")
+    for path, reused in ((back, False), (tmp_path / "dangling.png", True)):
+        found = os.lstat(path)
+        page = Page(str(path), 0, 1.0, found.st_size, found.st_mtime_ns)
+        record = RecordIdentity(source=str(path), page=0, status="failed", error_class="FileVanished",
+                                size=found.st_size, mtime_ns=found.st_mtime_ns, settings="s")
+        assert reusable(record, page, "s", lambda source: None) is reused, path

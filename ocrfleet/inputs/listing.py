@@ -254,7 +254,8 @@ def _expand(spec: str, column: str, problems: list[str], places: _Places) -> Ite
     except PermissionError as exc:
         hint = ("check the credentials this machine uses for the store (docs/scale-out.md, section 7)"
                 if location is places.store else "make it readable by this user")
-        raise InputError(f"{spec}: access denied ({exc}); {hint}") from exc
+        where = f" at {exc.filename}" if exc.filename and exc.filename != spec else ""
+        raise InputError(f"{spec}: access denied{where} ({exc.strerror or exc}); {hint}") from exc
 
 
 def _expand_at(location: Location, spec: str, column: str, problems: list[str]) -> Iterable[Named]:
@@ -301,7 +302,9 @@ def _read_manifest(location: Location, manifest: str, column: str, problems: lis
                         yield (*_manifest_row(location, folder, row, column), f"{manifest}:{line}: {row.get(column)}")
                 except (ValueError, TypeError) as exc:
                     problems.append(f"{manifest}:{line}: {exc}")
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise InputError(f"{manifest}: cannot read the manifest: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
         raise InputError(f"{manifest}: cannot read the manifest: {exc}") from exc
 
 

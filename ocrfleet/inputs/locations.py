@@ -74,6 +74,8 @@ class LocalFiles:
     def kind(self, name: str) -> Kind:
         try:
             return "dir" if stat.S_ISDIR(os.stat(name).st_mode) else "file"
+        except PermissionError:
+            raise  # a folder on the way cannot be searched: the input is refused, saying so
         except OSError:
             return "file" if os.path.islink(name) else None  # a dangling link is a file the worker fails
 
@@ -94,7 +96,7 @@ class LocalFiles:
 
     def glob(self, pattern: str) -> list[tuple[str, Kind]]:
         found = [(os.path.abspath(match), self.kind(match)) for match in sorted(glob.glob(pattern, recursive=True))]
-        return [(name, kind) for name, kind in found if not self._left_out(name, resolve=False)]
+        return [(name, kind) for name, kind in found if not self._left_out(name, resolve=kind == "dir")]
 
     def open_text(self, name: str, newline: str | None) -> IO[str]:
         return open(name, encoding="utf-8", newline=newline)

@@ -219,9 +219,6 @@ def _fetch(url: str) -> bytes:
 def _os_error(path: str, exc: OSError) -> PageError:
     if exc.errno == errno.ELOOP:
         return PageError("SymlinkLoop", f"{path}: symbolic links loop; fix the link")
-    if exc.errno == errno.ENOENT and os.path.islink(path):  # the link itself: reusable while it is unchanged
-        return PageError("DanglingSymlink", f"{path}: a symbolic link to {os.readlink(path)}, which does not exist; "
-                         "fix the link")
     if exc.errno in (errno.ENOENT, errno.ENOTDIR):
         return PageError("FileVanished", f"{path}: no longer exists (moved or deleted after planning, "
                          "or a dangling symlink)")
