@@ -37,7 +37,6 @@ class Location(Protocol):
 
     noun: str  # what a missing name is said to be: "file" or "object"
     folder_noun: str
-    cheap_reads: bool  # whether reading headers while planning is cheap (no request per file)
 
     def absolute(self, spec: str) -> str: ...
     def kind(self, name: str) -> Kind: ...
@@ -58,7 +57,7 @@ class LocalFiles:
     output dir) is never walked into.
     """
 
-    noun, folder_noun, cheap_reads = "file", "directory", True
+    noun, folder_noun = "file", "directory"
 
     def __init__(self, problems: list[str], leave_out: str | None = None) -> None:
         self._problems = problems
@@ -147,7 +146,7 @@ class LocalFiles:
 class StoreFiles:
     """Objects at URLs (`s3://bucket/scans/`): one flat listing per prefix, whose sizes and mtimes are kept."""
 
-    noun, folder_noun, cheap_reads = "object", "prefix", False
+    noun, folder_noun = "object", "prefix"
 
     def __init__(self) -> None:
         self._listed: dict[str, Facts] = {}
