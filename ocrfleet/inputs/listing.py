@@ -166,7 +166,7 @@ def _check_named_files_exist(kept: dict[str, Entry], missing: set[str], problems
         return
     for path, entry in kept.items():  # in the order the inputs named them
         origin = entry if isinstance(entry, str) else entry.origin
-        if origin and path in missing:
+        if origin and path in missing and not os.path.exists(path):  # a folder or FIFO: the worker says NotAFile
             problems.append(f"{origin}: no such file")
 
 
@@ -237,7 +237,9 @@ def _read_manifest(manifest: Path, column: str, problems: list[str]) -> Iterator
 def _manifest_rows(manifest: Path, column: str, problems: list[str]) -> Iterator[tuple[int, dict | str]]:
     suffix = _suffix(manifest.name)
     try:
-        with open(manifest, encoding="utf-8", newline="" if suffix == ".csv" else None) as handle:
+        # surrogateescape: a name's bytes that are not UTF-8 come through as the OS gave them (os.fsdecode).
+        with open(manifest, encoding="utf-8", errors="surrogateescape",
+                  newline="" if suffix == ".csv" else None) as handle:
             yield from manifest_rows(handle, suffix, str(manifest), column, problems)
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{manifest}: cannot read the manifest: {exc}") from exc
@@ -343,8 +345,8 @@ def _pages_of(path: str, entry: Entry, size: int, mtime_ns: int, *, dpi: int, pr
         listed = [(0, size * PIXELS_PER_BYTE)]
     else:
         probed = probe_pages(path, dpi=dpi)
-        if probed is None:  # unreadable: one unit, which the worker turns into a failed record saying why
-            probed, pages = [(min(pages or {0}), 0.0)], None
+        if probed is None:  # unreadable: one unit, costed by its size, which the worker turns into a failed record
+            probed, pages = [(min(pages or {0}), size * PIXELS_PER_BYTE)], None
         present = {page for page, _ in probed}
         if pages is not None and pages - present:
             missing = ", ".join(str(page + 1) for page in sorted(pages - present)[:5])
@@ -376,14 +378,28 @@ def raise_if(problems: list[str], what: str) -> None:
         raise InputError(f"{what}:\n  " + "\n  ".join(problems[:_MAX_LISTED]) + more)
 
 
-def _walk(folder: str) -> Iterable[str]:
+def _walk(folder: str | os.PathLike) -> Iterable[str]:
     """The documents under an absolute folder, as absolute paths (strings: a million Path objects cost seconds)."""
     # os.walk does not follow directory symlinks, so a symlink loop cannot recurse forever.
+    # A folder named like a document (`x.png/`) is searched like any other; one with no document under it is
+    # given itself, so that its name gets a record (NotAFile) instead of vanishing from the results.
+    folder = os.fspath(folder)
+    named = {folder: False} if _suffix(folder) in DOCUMENT_SUFFIXES else {}  # such folders: has a document?
     for root, dirs, names in os.walk(folder):
         dirs.sort()
+        named.update((os.path.join(root, name), False) for name in dirs if _suffix(name) in DOCUMENT_SUFFIXES)
+        found = False
         for name in names:
             if _suffix(name) in DOCUMENT_SUFFIXES:
+                found = True
                 yield os.path.join(root, name)
+        while found and named and not named.get(root, False):  # mark it and the folders above it, once
+            if root in named:
+                named[root] = True
+            if root == folder or os.path.dirname(root) == root:
+                break
+            root = os.path.dirname(root)
+    yield from (path for path, has_document in named.items() if not has_document)
 
 
 def _suffix(name: str | os.PathLike) -> str:
