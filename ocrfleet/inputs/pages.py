@@ -161,7 +161,10 @@ class PageReader:
         if page >= len(pdf):
             raise PageError("PageOutOfRange", f"{source}: page {page} does not exist (the PDF has {len(pdf)} pages)")
         scale = self.dpi / 72
-        width, height = (round(side * scale) for side in pdf.get_page_size(page))
+        try:
+            width, height = (round(side * scale) for side in pdf.get_page_size(page))
+        except pdfium.PdfiumError as exc:
+            raise PageError("CorruptPdf", f"{source}: page {page} cannot be read: {exc}") from exc
         self._check_size(source, page, width, height, f"at {self.dpi} dpi ")
         try:
             pdf_page = pdf[page]
@@ -179,12 +182,8 @@ class PageReader:
     def _load_image(self, handle: BinaryIO, source: str, page: int) -> np.ndarray:
         with _pillow_open(handle, source) as image:
             try:
-                frames = getattr(image, "n_frames", 1) if image.format == "TIFF" else 1
-                if page >= frames:
-                    raise PageError("PageOutOfRange", f"{source}: page {page} does not exist "
-                                    f"(the {image.format} file has {frames} pages)")
                 if page:
-                    image.seek(page)
+                    self._seek(image, source, page)
                 self._check_size(source, page, image.width, image.height, "")
                 image.load()
                 return _to_bgr(ImageOps.exif_transpose(image))
@@ -192,6 +191,21 @@ class PageReader:
                 raise
             except Exception as exc:  # a damaged file makes decoders raise anything (TypeError, KeyError...)
                 raise _decode_error(source, exc) from exc
+
+    @staticmethod
+    def _seek(image: Image.Image, source: str, page: int) -> None:
+        # Frame by frame, never counting them all first: a damaged later frame must not fail the earlier ones.
+        try:
+            if image.format != "TIFF":
+                raise EOFError(page)
+            image.seek(page)
+        except EOFError as exc:
+            try:
+                frames = str(getattr(image, "n_frames", 1) if image.format == "TIFF" else 1)
+            except Exception:
+                frames = "fewer"
+            raise PageError("PageOutOfRange", f"{source}: page {page} does not exist "
+                            f"(the {image.format} file has {frames} pages)") from exc
 
     def _check_size(self, source: str, page: int, width: int, height: int, how: str) -> None:
         if width * height > self.max_pixels:
@@ -283,7 +297,7 @@ def _open_pdf(document: str | bytes, name: str) -> pdfium.PdfDocument:
             raise PageError("EncryptedPdf", f"{name}: the PDF is encrypted and needs a password; "
                             "decrypt it first (e.g. qpdf --decrypt)") from exc
         if code == _PDF_NO_ERROR:
-            raise PageError("EmptyPdf", f"{name}: the PDF has no pages") from exc
+            raise PageError("EmptyPdf", f"{name}: the PDF has no pages (none that PDFium can find)") from exc
         raise PageError("CorruptPdf", f"{name}: not a readable PDF ({exc})") from exc
 
 
