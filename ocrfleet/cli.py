@@ -55,6 +55,10 @@ def _preflight(config: JobConfig) -> None:
     """Cheap checks that fail in one line before Prefect starts; listing the inputs is left to the flow."""
     from ocrfleet.plan.planning import place_for
 
+    for name in (*config.inputs, str(config.output_dir), config.derived_from or ""):
+        if not name.isascii() and _not_utf8(name):  # a Prefect parameter is JSON text: it cannot carry the name
+            raise InputError(f"{name!r}: a name that is not UTF-8 cannot be an argument of a run; give its folder, "
+                             "a glob or a .txt manifest instead (files found through them may have any name)")
     for spec in () if config.only_failed else config.inputs:
         if is_url(spec):
             continue  # listed through fsspec while planning, in the flow
@@ -63,6 +67,14 @@ def _preflight(config: JobConfig) -> None:
             raise InputError(f"{spec}: no such file or directory, and no file matches it as a glob pattern")
     place_for(config)
     check_run_dir(Path(config.output_dir))
+
+
+def _not_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def cmd_run(args: argparse.Namespace) -> int:

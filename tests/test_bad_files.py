@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import random
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pypdfium2 as pdfium
 import pytest
 from PIL import Image
@@ -21,6 +25,7 @@ from ocrfleet.records import PageRecord, PageRef, complete_records, read_jsonl
 from ocrfleet.reduce.summary import reduce_run
 from ocrfleet.run.worker import run_shard
 from tests.faulty_worker import FaultyEngine
+from tests.pages import draw_page
 from tests.test_pages import write_encrypted_pdf, write_pdf, write_tiff
 
 # Every class a page may fail with (the README's list); a Python exception's name is never one of them.
@@ -28,6 +33,11 @@ CLASSES = {"EmptyFile", "Truncated", "NotAnImage", "DecompressionBomb", "ImageTo
            "FileVanished", "SymlinkLoop", "NotAFile", "EncryptedPdf", "EmptyPdf", "CorruptPdf", "PageOutOfRange",
            "UnreadableImage", "OutOfMemory", "StorageUnavailable", "ReadError"}
 NON_UTF8 = os.fsdecode(b"bad\xff\xfename.png")  # as Python lists such a name: "bad\udcff\udcfename.png"
+BROKEN_NON_UTF8 = os.fsdecode(b"caf\xe9.pdf")  # Latin-1, as old scanners name files
+
+
+def squeeze(text: str) -> str:
+    return "".join(text.split()).lower()
 
 
 def run_with_fake_engine(inputs: list[str], out: Path, **settings) -> dict[str, list[PageRecord]]:
@@ -48,22 +58,26 @@ def test_a_name_that_is_not_utf8_round_trips_through_manifests_records_and_the_l
     folder.mkdir()
     Image.new("RGB", (140, 30), "white").save(folder / NON_UTF8)
     Image.new("RGB", (141, 30), "white").save(folder / "plain.png")
+    (folder / BROKEN_NON_UTF8).write_bytes(b"%PDF-1.7 not really")
     out = tmp_path / "out"
 
     records = run_with_fake_engine([str(folder)], out)
 
-    assert {name: [r.text for r in found] for name, found in records.items()} == {NON_UTF8: ["w140"],
-                                                                                   "plain.png": ["w141"]}
-    assert [page.source for page in read_manifest(out, 0)] == [str(folder / NON_UTF8), str(folder / "plain.png")]
+    assert {name: [r.text or r.error_class for r in found] for name, found in records.items()} == {
+        NON_UTF8: ["w140"], "plain.png": ["w141"], BROKEN_NON_UTF8: ["CorruptPdf"]}
+    assert [page.source for page in read_manifest(out, 0)] == [
+        str(folder / NON_UTF8), str(folder / BROKEN_NON_UTF8), str(folder / "plain.png")]
+    [failure] = read_jsonl(out / "failures.jsonl", PageRecord)
+    assert failure.source == str(folder / BROKEN_NON_UTF8) and str(folder / BROKEN_NON_UTF8) in failure.error
     record = records[NON_UTF8][0]
     assert open(record.source, "rb").read() == (folder / NON_UTF8).read_bytes()  # the name finds the file again
-    line = (out / "results.jsonl").read_bytes().splitlines()[0]
+    line = (out / "results.jsonl").read_bytes().splitlines()[0]  # sorted by name: bad\xff... first
     assert b'bad\\udcff\\udcfename.png' in line and line.decode("ascii")  # an escape, valid UTF-8 for any reader
     assert (out / "text" / str(folder / NON_UTF8).lstrip("/")).with_name(NON_UTF8 + ".txt").read_text() == "w140\n"
 
     again = prepare_run(load_config(None, inputs=[str(folder)], output_dir=str(out), devices="cpu:1",
                                     max_failure_rate=1.0))
-    assert (again.pages_total, again.pages_skipped) == (2, 2)  # the ledger knows the page by its name
+    assert (again.pages_total, again.pages_skipped) == (3, 3)  # the ledger knows each page by its name
 
 
 def test_a_plan_whose_inputs_are_not_utf8_is_written_and_read_back(tmp_path):
@@ -177,3 +191,31 @@ def test_a_pdf_without_pages_is_empty_whatever_failed_before_it(tmp_path):
             classes.append(caught.value.error_class)
 
     assert classes == ["EncryptedPdf", "EmptyPdf", "EncryptedPdf", "EmptyPdf"]
+
+
+def test_the_cli_reads_a_file_whose_name_is_not_utf8_with_real_paddleocr_into_every_output(tmp_path):
+    folder = tmp_path / "in"
+    draw_page(folder / NON_UTF8, ["Invoice 4821", "Harbor Freight"], size=(700, 220), font_px=36)
+    out = tmp_path / "out"
+    (tmp_path / "outputs.yaml").write_text("outputs: [pages, parquet, text, vis]\n")
+    cli = [sys.executable, "-m", "ocrfleet.cli", "run", str(folder), "--output", str(out), "--devices", "cpu:1",
+           "--config", str(tmp_path / "outputs.yaml")]
+
+    first = subprocess.run(cli, capture_output=True, text=True)
+    second = subprocess.run(cli, capture_output=True, text=True)
+
+    assert first.returncode == 0, first.stderr[-3000:]
+    [record] = read_jsonl(out / "results.jsonl", PageRecord)
+    assert record.source == str(folder / NON_UTF8) and record.status == "ok"
+    assert "invoice4821" in squeeze(record.text) and "harborfreight" in squeeze(record.text)
+    mirrored = Path(str(folder / NON_UTF8).lstrip("/"))
+    assert squeeze((out / "text" / mirrored.with_name(NON_UTF8 + ".txt")).read_text()) == squeeze(record.text)
+    page_json = json.loads((out / "pages" / mirrored.with_name(NON_UTF8 + ".p00000.json")).read_text())
+    assert page_json["input_path"] == record.source  # the same escape as in results.jsonl
+    assert Image.open(out / "vis" / mirrored.with_name(NON_UTF8 + ".p00000.png")).size == (700, 220)
+    parquet = pq.read_table(out / "results.parquet").to_pylist()
+    assert [row["source"] for row in parquet] == [str(folder / "bad\\xff\\xfename.png")]
+    assert second.returncode == 0 and "nothing to do: all 1 pages are done already" in second.stdout, second.stderr
+
+    named = subprocess.run(cli[:4] + [str(folder / NON_UTF8)] + cli[5:-2], capture_output=True, text=True)
+    assert named.returncode == 2 and "not UTF-8" in named.stderr  # refused before Prefect, saying what to do
