@@ -219,16 +219,18 @@ class PageReader:
 def open_regular(path: str) -> BinaryIO:
     """`open(path, "rb")` for a regular file only: a FIFO or a device (say a link to `/dev/zero`) is `NotAFile`.
 
-    Opened without blocking and checked on the open descriptor, so neither a FIFO with no writer nor a
-    file swapped for one after a check can hang the reader.
+    The target's type is checked before opening (opening a device can act on it), then again on the
+    descriptor, opened without blocking: a FIFO swapped in between cannot hang the reader either.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        if not stat_mode.S_ISREG(os.stat(path).st_mode):
+            raise _not_a_file(path)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as exc:
         raise _os_error(path, exc) from exc
     try:
         if not stat_mode.S_ISREG(os.fstat(fd).st_mode):
-            raise PageError("NotAFile", f"{path}: not a regular file (a folder, FIFO, socket or device)")
+            raise _not_a_file(path)
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except BaseException:
@@ -242,10 +244,14 @@ def _check_file(path: str) -> os.stat_result:
     except OSError as exc:
         raise _os_error(path, exc) from exc
     if not stat_mode.S_ISREG(stat.st_mode):
-        raise PageError("NotAFile", f"{path}: not a regular file (a folder, FIFO, socket or device)")
+        raise _not_a_file(path)
     if stat.st_size == 0:
         raise PageError("EmptyFile", f"{path}: the file is empty (0 bytes)")
     return stat
+
+
+def _not_a_file(path: str) -> PageError:
+    return PageError("NotAFile", f"{path}: not a regular file (a folder, FIFO, socket or device)")
 
 
 def _fetch(url: str) -> bytes:
