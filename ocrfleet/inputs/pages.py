@@ -194,18 +194,15 @@ class PageReader:
 
     @staticmethod
     def _seek(image: Image.Image, source: str, page: int) -> None:
-        # Frame by frame, never counting them all first: a damaged later frame must not fail the earlier ones.
-        try:
-            if image.format != "TIFF":
-                raise EOFError(page)
-            image.seek(page)
-        except EOFError as exc:
+        # Straight to the frame, never counting them all first: a damaged later frame must not fail earlier ones.
+        if image.format == "TIFF":
             try:
-                frames = str(getattr(image, "n_frames", 1) if image.format == "TIFF" else 1)
-            except Exception:
-                frames = "fewer"
-            raise PageError("PageOutOfRange", f"{source}: page {page} does not exist "
-                            f"(the {image.format} file has {frames} pages)") from exc
+                image.seek(page)
+                return
+            except EOFError:  # Pillow's end of the frame list
+                pass
+        raise PageError("PageOutOfRange", f"{source}: page {page} does not exist "
+                        f"(the {image.format} file has {_frame_count(image)} pages)")
 
     def _check_size(self, source: str, page: int, width: int, height: int, how: str) -> None:
         if width * height > self.max_pixels:
@@ -214,6 +211,15 @@ class PageReader:
         if width < MIN_SIDE or height < MIN_SIDE:
             raise PageError("ImageTooSmall", f"{source}: page {page} is {width}x{height} pixels {how}"
                             "(too small to hold text)")
+
+
+def _frame_count(image: Image.Image) -> str:
+    if image.format != "TIFF":
+        return "1"  # the frames of an animation are not pages
+    try:
+        return str(image.n_frames)
+    except Exception:  # a damaged frame after the last one read
+        return "fewer"
 
 
 def open_regular(path: str) -> BinaryIO:
@@ -294,7 +300,9 @@ def _open_pdf(document: str | bytes, name: str) -> pdfium.PdfDocument:
     """A PDF from a path or from its bytes; `name` is the source, for messages."""
     # PDFium's last error is global and only set on some failures: a PDF of no pages fails setting none, and
     # would report whatever failed before it (EncryptedPdf after an encrypted one). So set a known one first.
-    pdfium_raw.FPDF_LoadDocument(b"/nonexistent/ocrfleet-reset-pdfium-error", None)
+    found = pdfium_raw.FPDF_LoadDocument(b"/nonexistent/ocrfleet-reset-pdfium-error", None)
+    if found:  # never, unless someone made that file
+        pdfium_raw.FPDF_CloseDocument(found)
     try:
         return pdfium.PdfDocument(document)
     except pdfium.PdfiumError as exc:
