@@ -55,10 +55,7 @@ def _preflight(config: JobConfig) -> None:
     """Cheap checks that fail in one line before Prefect starts; listing the inputs is left to the flow."""
     from ocrfleet.plan.planning import place_for
 
-    for name in (*config.inputs, str(config.output_dir), config.derived_from or ""):
-        if not name.isascii() and _not_utf8(name):  # a Prefect parameter is JSON text: it cannot carry the name
-            raise InputError(f"{name!r}: a name that is not UTF-8 cannot be an argument of a run; give its folder, "
-                             "a glob or a .txt manifest instead (files found through them may have any name)")
+    _check_utf8_arguments(config)
     for spec in () if config.only_failed else config.inputs:
         if is_url(spec):
             continue  # listed through fsspec while planning, in the flow
@@ -69,12 +66,15 @@ def _preflight(config: JobConfig) -> None:
     check_run_dir(Path(config.output_dir))
 
 
-def _not_utf8(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
+def _check_utf8_arguments(config: JobConfig) -> None:
+    """A flow's Prefect parameters are JSON text, which cannot carry a name whose bytes are not UTF-8."""
+    for name in (*config.inputs, str(config.output_dir), config.derived_from or ""):
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(f"{name!r}: a name that is not UTF-8 cannot be an argument of a run (its Prefect "
+                             "parameters are JSON text); for an input give its folder, a glob or a .txt manifest "
+                             "instead: files found through them may have any name") from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -205,6 +205,7 @@ def cmd_corpus(args: argparse.Namespace) -> int:
         config = CorpusConfig.model_validate({k: v for k, v in settings.items() if v is not None})
     except ValidationError as exc:
         raise ConfigError(f"invalid corpus settings: {exc}") from None
+    _check_utf8_arguments(config.job)
     check_run_dir(Path(config.job.output_dir))
     from ocrfleet.flows.corpus_flow import corpus_run
 
