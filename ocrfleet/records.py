@@ -7,10 +7,13 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import PydanticSerializationError, to_json
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing's own from Python 3.11
 
 Point = tuple[float, float]
 M = TypeVar("M", bound=BaseModel)
@@ -35,7 +38,7 @@ class JsonModel(BaseModel):
                                                 separators=(",", ": ") if indent is not None else (",", ":")))
 
     @classmethod
-    def model_validate_json(cls, json_data: str | bytes | bytearray, **options: Any):  # type: ignore[override]
+    def model_validate_json(cls, json_data: str | bytes | bytearray, **options: Any) -> Self:  # type: ignore[override]
         try:
             return super().model_validate_json(json_data, **options)
         except ValidationError as exc:
