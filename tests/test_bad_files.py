@@ -80,6 +80,16 @@ def test_a_name_that_is_not_utf8_round_trips_through_manifests_records_and_the_l
     assert (again.pages_total, again.pages_skipped) == (3, 3)  # the ledger knows each page by its name
 
 
+def test_manifests_name_files_that_are_not_utf8(tmp_path):
+    Image.new("RGB", (145, 30), "white").save(tmp_path / NON_UTF8)
+    (tmp_path / "list.txt").write_bytes(b"bad\xff\xfename.png\n")  # as `ls > list.txt` writes it
+    (tmp_path / "list.csv").write_bytes(b"path\nbad\xff\xfename.png\n")
+    (tmp_path / "list.jsonl").write_text('{"path": "bad\\udcff\\udcfename.png"}\n')  # the records' own escape
+
+    for manifest in ("list.txt", "list.csv", "list.jsonl"):
+        assert [page.source for page in collect_pages([str(tmp_path / manifest)])] == [str(tmp_path / NON_UTF8)]
+
+
 def test_a_plan_whose_inputs_are_not_utf8_is_written_and_read_back(tmp_path):
     image = tmp_path / NON_UTF8
     Image.new("RGB", (142, 30), "white").save(image)
