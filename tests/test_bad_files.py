@@ -21,7 +21,7 @@ from ocrfleet.inputs.listing import collect_pages
 from ocrfleet.inputs.pages import PageError, PageReader
 from ocrfleet.plan.ledger import file_sha256
 from ocrfleet.plan.planning import prepare_run, read_manifest, read_plan
-from ocrfleet.records import PageRecord, PageRef, complete_records, read_jsonl
+from ocrfleet.records import PageRecord, PageRef, read_jsonl
 from ocrfleet.reduce.summary import reduce_run
 from ocrfleet.run.worker import run_shard
 from tests.faulty_worker import FaultyEngine
