@@ -55,11 +55,23 @@ def _preflight(config: JobConfig) -> None:
     """Checks that fail in a message before Prefect starts: the inputs are listed (not opened), the devices placed."""
     from ocrfleet.plan.planning import place_for
 
+    _check_utf8_arguments(config)
     if not config.only_failed:  # missing files, empty folders, bad manifest rows: exit 2, not a flow's traceback
         check_inputs(config.inputs, include_globs=config.include_globs, exclude_globs=config.exclude_globs,
                      manifest_path_column=config.manifest_path_column, leave_out=str(config.output_dir))
     place_for(config)
     check_run_dir(Path(config.output_dir))
+
+
+def _check_utf8_arguments(config: JobConfig) -> None:
+    """A flow's Prefect parameters are JSON text, which cannot carry a name whose bytes are not UTF-8."""
+    for name in (*config.inputs, str(config.output_dir), config.derived_from or ""):
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(f"{name!r}: a name that is not UTF-8 cannot be an argument of a run (its Prefect "
+                             "parameters are JSON text); for an input give its folder, a glob or a .txt manifest "
+                             "instead: files found through them may have any name") from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -193,6 +205,7 @@ def cmd_corpus(args: argparse.Namespace) -> int:
         config = CorpusConfig.model_validate({k: v for k, v in settings.items() if v is not None})
     except ValidationError as exc:
         raise ConfigError(f"invalid corpus settings: {exc}") from None
+    _check_utf8_arguments(config.job)
     check_run(config.job)
     check_run_dir(Path(config.job.output_dir))
     from ocrfleet.flows.corpus_flow import corpus_run
