@@ -174,6 +174,53 @@ def test_a_chunk_is_presumed_dead_only_after_its_dir_is_silent_while_it_runs(tmp
     assert watch.stalled("RUNNING") and watch.quiet_s() == 11
 
 
+class CancellingForever:
+    """An API client whose chunk run stays Cancelling: its machine died, so no worker ever stops it."""
+
+    def __init__(self) -> None:
+        from types import SimpleNamespace
+
+        self.forced: list[tuple[str, str]] = []
+        self.task_run = SimpleNamespace(id="task-run-1")
+
+    def read_flow_run(self, flow_run_id):
+        from types import SimpleNamespace
+
+        from prefect.client.schemas.objects import StateType
+
+        ended = next((state for run, state in self.forced if run == flow_run_id), None)
+        state_type = StateType(ended) if ended else StateType.CANCELLING
+        return SimpleNamespace(state_type=state_type, state=SimpleNamespace(message="cancelled"))
+
+    def set_flow_run_state(self, flow_run_id, state, force=False):
+        assert force, "a dead run takes no part in orchestration: only a forced state lands"
+        self.forced.append((flow_run_id, state.type.value))
+
+    def read_task_runs(self, **filters):
+        return [self.task_run]
+
+    def set_task_run_state(self, task_run_id, state, force=False):
+        self.forced.append((task_run_id, state.type.value))
+
+
+def test_a_cancelled_chunk_whose_machine_never_stops_it_is_forced_cancelled_with_its_task_runs(tmp_path, monkeypatch):
+    import uuid
+
+    from ocrfleet.tasks import corpus_tasks
+
+    config = config_for(corpus_inputs(tmp_path), tmp_path / "out", chunks=1, poll_s=0.01)
+    plan, members = plan_corpus(config)
+    monkeypatch.setattr(corpus_tasks, "CANCEL_GRACE_S", 0.05)
+    corpus_tasks._hold_starts(config.job.output_dir, "stopped by SIGINT")
+    try:
+        client, chunk_run = CancellingForever(), uuid.uuid4()
+        state, why = corpus_tasks._follow(client, chunk_run, plan.chunks[0], config)
+    finally:
+        corpus_tasks.reset_corpus(config.job.output_dir)
+    assert state == "CANCELLED" and "presumed dead" in why
+    assert client.forced == [(chunk_run, "CANCELLED"), ("task-run-1", "CANCELLED")]
+
+
 class MachineKiller:
     """Watches one machine's process tree and kills all of it at once, as a power cut would, mid-chunk.
 
