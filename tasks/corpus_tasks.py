@@ -59,7 +59,7 @@ def chunk_tags(output_dir: Path, chunk: int) -> list[str]:
     return [chunk_of_tag(output_dir), f"ocrfleet-chunk:{chunk:05d}"]
 
 
-def _hold_starts(output_dir: Path, reason: str, wait_s: float = 30.0) -> None:
+def _hold_starts(output_dir: Path, reason: str, wait_s: float = 5.0) -> None:
     """From now on no chunk attempt of `output_dir` starts in this process; wait for those being created."""
     key = Path(output_dir)
     with _gate:
