@@ -222,6 +222,32 @@ def test_a_cancelled_chunk_whose_machine_never_stops_it_is_forced_cancelled_with
     assert client.forced == [(chunk_run, "CANCELLED"), ("task-run-1", "CANCELLED")]
 
 
+def test_an_attempt_refused_for_a_busy_chunk_dir_is_a_wait_not_one_of_the_chunks_attempts(tmp_path, monkeypatch):
+    """Orchestration only: the API and the chunk runs are stand-ins; each attempt's end is given."""
+    import logging
+    import uuid
+    from types import SimpleNamespace
+
+    from ocrfleet.tasks import corpus_tasks
+
+    config = config_for(corpus_inputs(tmp_path), tmp_path / "out", chunks=1, chunk_attempts=1, poll_s=0.01)
+    plan, members = plan_corpus(config)
+    write_corpus_plan(plan, members)
+    ends = iter([("FAILED", "Flow run encountered an exception: RunDirBusy: held by pid 7 on machine-a"),
+                 ("COMPLETED", "All states completed.")])
+    names: list[str] = []
+    client = SimpleNamespace(read_flow_run=lambda flow_run_id: SimpleNamespace(labels={"prefect.worker.name": "m1"}))
+    monkeypatch.setattr(corpus_tasks, "get_run_logger", lambda: logging.getLogger("test"))
+    monkeypatch.setattr(corpus_tasks, "get_client", lambda sync_client: contextlib.nullcontext(client))
+    monkeypatch.setattr(corpus_tasks, "wait_until_free", lambda *args: None)
+    monkeypatch.setattr(corpus_tasks, "_start_attempt", lambda config, spec, parameters, name: names.append(name)
+                        or uuid.uuid4())
+    monkeypatch.setattr(corpus_tasks, "_follow", lambda client, flow_run_id, spec, config: next(ends))
+    run = corpus_tasks.run_chunk.fn(config, plan.chunks[0], "nightly-corpus")
+    assert run.state == "COMPLETED" and run.error is None and len(run.flow_run_ids) == 2
+    assert names == ["nightly-corpus-chunk-00000-try1", "nightly-corpus-chunk-00000-try2"]
+
+
 class MachineKiller:
     """Watches one machine's process tree and kills all of it at once, as a power cut would, mid-chunk.
 
