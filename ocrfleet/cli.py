@@ -87,7 +87,8 @@ def _run_flow(call: Callable[[], Any], on_stop: Callable[[str], str], server: An
     the run stops the work the same way, then `on_lost()` judges the run from its files and gives the
     exit code.
     """
-    from ocrfleet.tasks.local_api import lost, stop_local_api
+    if server is not None:  # Prefect's server modules are heavy: imported only with a local server to watch
+        from ocrfleet.tasks.local_api import lost, stop_local_api
 
     outcome: dict[str, Any] = {}
 
@@ -104,19 +105,20 @@ def _run_flow(call: Callable[[], Any], on_stop: Callable[[str], str], server: An
         thread.start()
         while thread.is_alive():
             thread.join(0.5)
-            if on_lost is not None and thread.is_alive() and (code := lost(server)) is not None:
+            if server is not None and thread.is_alive() and (code := lost(server)) is not None:
                 for signum in _STOP_SIGNALS:
                     signal.signal(signum, _exit_now)
                 print(f"\nocrfleet: the temporary Prefect API server exited (code {code}) during the run; "
                       f"{_bounded(lambda: on_stop('the Prefect API server is gone'))}", file=sys.stderr)
-                _exit(on_lost())
+                _exit(on_lost() if on_lost is not None else 1)
     except _Stop as stop:
         for signum in _STOP_SIGNALS:
             signal.signal(signum, _exit_now)
         name = signal.Signals(stop.signum).name
         print(f"\nocrfleet: {name}: stopping", file=sys.stderr, flush=True)
         done = _bounded(lambda: on_stop(f"stopped by {name}"))
-        stop_local_api(server)
+        if server is not None:
+            stop_local_api(server)
         print(f"ocrfleet: stopped by {name}: {done}", file=sys.stderr)
         _exit(128 + stop.signum)
     for signum in _STOP_SIGNALS:
