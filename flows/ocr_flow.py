@@ -13,6 +13,7 @@ from ocrfleet.tasks.cancel_watch import CancelWatch
 from ocrfleet.config import JobConfig
 from ocrfleet.run.launch import abort_run, reset_run
 from ocrfleet.run.lock import hold_devices, hold_run_dir
+from ocrfleet.run.preflight import preflight
 from ocrfleet.tasks.ocr_tasks import plan_run, publish_outputs, reduce_shards, run_shard
 from ocrfleet.tasks.reporting import ProgressReporter, publish_summary
 from ocrfleet.reduce.summary import RunSummary
@@ -29,6 +30,7 @@ def ocr_run(config: JobConfig) -> RunSummary:
     started = time.monotonic()
     run_dir = Path(config.output_dir)
     holder = f"flow run {flow_run.get_name() or flow_run.get_id()}"
+    preflight(config)  # everything checkable, before anything is created: a refused run leaves nothing on disk
     with hold_run_dir(run_dir, holder):
         reset_run(run_dir)  # an earlier run in this process may have stopped its workers: this one starts unblocked
         # From here on a cancel stops the workers (those running and any yet to start) and ends the run.

@@ -20,19 +20,21 @@ from ocrfleet.plan.devices import DeviceError, visible_gpus
 from ocrfleet.plan.nvml import NvmlUnavailable, nvml_inventory
 from ocrfleet.inputs.listing import InputError
 from ocrfleet.run.lock import RunDirBusy, check_run_dir, hold_run_dir
+from ocrfleet.run.rundir import RunDirRefused
 from ocrfleet.plan.placement import place
 from ocrfleet.run.progress import ProgressBar
 from ocrfleet.reduce.publish import is_published, publish
 from ocrfleet.inputs.storage import is_url
 from ocrfleet.reduce.summary import up_to_date
 
-_EXPECTED = (ConfigError, DeviceError, InputError, RunDirBusy)
+_EXPECTED = (ConfigError, DeviceError, InputError, RunDirBusy, RunDirRefused)
 _FLOW_COMMANDS = ("run", "reprocess", "corpus")  # commands that run a Prefect flow in this process
 
 
 def _job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="*", help="image/PDF/TIFF files, directories, glob patterns or manifests")
-    parser.add_argument("--output", "-o", dest="output_dir", type=Path, help="run directory (local disk or NFS)")
+    parser.add_argument("--output", "-o", dest="output_dir", type=_output_dir,
+                        help="run directory (local disk or NFS): a new or empty folder, or an earlier run's")
     parser.add_argument("--publish-to", help="after a valid run, copy its outputs to this path or URL (s3://...)")
     parser.add_argument("--config", "-c", type=Path, help="YAML config (see configs/default.yaml)")
     parser.add_argument("--devices", help="auto, gpu, gpu:0,2,3, cpu or cpu:N")
@@ -40,6 +42,12 @@ def _job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", choices=["auto", "paddle", "onnxruntime"])
     parser.add_argument("--max-failure-rate", type=float)
     parser.add_argument("--threads-per-worker", type=int)
+
+
+def _output_dir(value: str) -> Path:
+    if not value.strip():  # Path("") is ".": the run would land in the current directory
+        raise argparse.ArgumentTypeError("empty: name a folder for the run")
+    return Path(value)
 
 
 def _config(args: argparse.Namespace) -> JobConfig:
@@ -53,7 +61,7 @@ def _config(args: argparse.Namespace) -> JobConfig:
 
 def _preflight(config: JobConfig) -> None:
     """Cheap checks that fail in one line before Prefect starts; listing the inputs is left to the flow."""
-    from ocrfleet.plan.planning import place_for
+    from ocrfleet.run.preflight import preflight
 
     for spec in () if config.only_failed else config.inputs:
         if is_url(spec):
@@ -61,15 +69,16 @@ def _preflight(config: JobConfig) -> None:
         if not (Path(spec).expanduser().exists() or next(glob.iglob(str(Path(spec).expanduser()), recursive=True),
                                                          None)):
             raise InputError(f"{spec}: no such file or directory, and no file matches it as a glob pattern")
-    place_for(config)
-    check_run_dir(Path(config.output_dir))
+    preflight(config, list_inputs=False)  # the flow lists the inputs, still before it creates anything
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = getattr(args, "resolved", None) or _config(args)
     _preflight(config)
-    with hold_run_dir(Path(config.output_dir), "ocrfleet run: up-to-date check"):
-        finished = up_to_date(config)
+    finished = None
+    if (Path(config.output_dir) / "summary.json").is_file():  # only a reduced run can be up to date
+        with hold_run_dir(Path(config.output_dir), "ocrfleet run: up-to-date check"):
+            finished = up_to_date(config)
     if finished is not None:  # nothing new since the last run: no Prefect run, no model load
         print(f"ocrfleet: nothing to do: all {finished.pages_planned} pages are done already "
               f"(results: {Path(config.output_dir) / 'results.jsonl'})")
