@@ -26,13 +26,16 @@ Exit codes: 0 when the shard ran to the end, even if pages failed (those are fai
 the parent restarts it in a fresh process, which resumes after the last record written;
 4 when the GPU the worker holds (asked of NVML from inside, right after the model load and before
 any page) is not the planned one, which no retry can mend; 5 when its memory grew past
-`max_worker_rss_mb`: it stopped between pages and the parent restarts it; 6 when its parent died.
+`max_worker_rss_mb`: it stopped between pages and the parent restarts it; 6 when its parent died;
+7 when the run dir's own storage failed (`STORAGE_ERRNOS`: full disk, quota, read-only or I/O error): the
+machine's fault, not the page's, so the parent stops the run and blames no page.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import functools
 import gc
 import logging
@@ -65,6 +68,10 @@ EXIT_ENGINE_UNUSABLE = 3
 EXIT_PLACEMENT = 4
 EXIT_RECYCLE = 5
 EXIT_ORPHANED = 6
+EXIT_STORAGE = 7
+
+# Errors of the storage the run writes to: no page causes them, and no retry of a page mends them.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG})
 
 PAGE_MARK = "@page "
 
@@ -290,6 +297,11 @@ def main(argv: list[str] | None = None, engine_factory: Callable[..., OcrEngine]
         return EXIT_PLACEMENT
     except Recycle:
         return EXIT_RECYCLE
+    except OSError as exc:
+        if exc.errno not in STORAGE_ERRNOS:
+            raise
+        log.error("shard %d: storage error in the run dir, stopping: %s", args.shard, exc)
+        return EXIT_STORAGE
     return 0
 
 
