@@ -359,3 +359,29 @@ def test_a_really_full_file_system_stops_the_run_without_blaming_pages(faulty, s
     launch.reset_run(small_disk / "out")
     summary = run_all(small_disk / "out", plan)
     assert (summary.pages_ok, summary.pages_failed, summary.problems) == (200, 0, [])
+
+
+def test_a_file_replaced_while_its_page_is_read_gets_the_hash_of_the_content_it_was_read_from(tmp_path, monkeypatch):
+    from ocrfleet.inputs.pages import PageReader
+    from ocrfleet.plan.ledger import file_sha256
+
+    folder = blank_pages(tmp_path / "in", [100])
+    out = tmp_path / "out"
+    config = load_config(None, inputs=[str(folder)], output_dir=str(out), devices="cpu:1")
+    read = PageReader.load
+
+    def replaced_while_read(self, source, page):
+        pixels = read(self, source, page)  # the old content, read...
+        if not (tmp_path / "replaced").exists():  # ...then the file is replaced, once, as a scanner re-saving it
+            (tmp_path / "replaced").write_text("")
+            Image.new("RGB", (150, 20), "white").save(tmp_path / "new.png")
+            os.replace(tmp_path / "new.png", folder / "w100.png")
+        return pixels
+
+    monkeypatch.setattr(PageReader, "load", replaced_while_read)
+    run_fake(out, config)
+    record = by_width(out)["w100.png"]
+    assert (record.text, record.sha256) == ("w150", file_sha256(str(folder / "w100.png")))
+    monkeypatch.undo()
+    plan, again = run_fake(out, config)  # the next run reuses it: its text is the file's
+    assert plan.pages_skipped == 1 and by_width(out)["w100.png"].text == "w150"
