@@ -316,6 +316,22 @@ def test_a_full_disk_stops_the_shard_blames_no_page_and_a_rerun_with_space_finis
     assert (summary.pages_ok, summary.pages_failed, summary.problems) == (8, 0, [])
 
 
+def test_a_full_disk_fails_the_flow_run_with_the_storage_error_before_any_reduce(prefect_api, faulty, tmp_path):
+    from ocrfleet.flows.ocr_flow import ocr_run
+
+    faulty(disk_bytes=1000)
+    out = tmp_path / "out"
+    config = load_config(None, inputs=[str(blank_pages(tmp_path / "in", range(100, 108)))], output_dir=str(out),
+                         devices="cpu:2")
+    state = ocr_run(config=config, return_state=True)
+    error = state.result(raise_on_failure=False)
+    assert state.is_failed() and isinstance(error, launch.StorageFailed), error
+    assert "No space left on device" in str(error)
+    assert not (out / "summary.json").exists() and leftovers(out) == []
+    faulty()  # space freed: the same run again finishes, every page ok
+    assert ocr_run(config=config).pages_ok == 8
+
+
 def test_an_atomic_write_that_fails_leaves_no_temporary_file(tmp_path, monkeypatch):
     from ocrfleet.records import write_atomic
     from ocrfleet.reduce.outputs import write_bytes_atomic
