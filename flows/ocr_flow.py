@@ -14,6 +14,7 @@ from ocrfleet.config import JobConfig
 from ocrfleet.run.launch import StorageFailed, abort_run, reset_run
 from ocrfleet.run.lock import hold_devices, hold_run_dir
 from ocrfleet.run.preflight import preflight
+from ocrfleet.tasks.policy_check import check_allowed
 from ocrfleet.tasks.ocr_tasks import plan_run, publish_outputs, reduce_shards, run_shard
 from ocrfleet.tasks.reporting import ProgressReporter, publish_summary
 from ocrfleet.reduce.summary import RunSummary
@@ -27,10 +28,11 @@ class RunInvalid(RuntimeError):
 @flow(name="ocrfleet", task_runner=ThreadPoolTaskRunner(max_workers=512), log_prints=True)
 def ocr_run(config: JobConfig) -> RunSummary:
     """OCR every input on every planned device; fail unless each page has exactly one record."""
+    check_allowed(config)  # before anything is created: a run outside the machine's allowed roots fails here
+    preflight(config)  # everything else checkable, before anything is created: a refused run leaves nothing on disk
     started = time.monotonic()
     run_dir = Path(config.output_dir)
     holder = f"flow run {flow_run.get_name() or flow_run.get_id()}"
-    preflight(config)  # everything checkable, before anything is created: a refused run leaves nothing on disk
     with hold_run_dir(run_dir, holder):
         reset_run(run_dir)  # an earlier run in this process may have stopped its workers: this one starts unblocked
         # From here on a cancel stops the workers (those running and any yet to start) and ends the run.

@@ -22,12 +22,13 @@ from ocrfleet.inputs.listing import InputError
 from ocrfleet.run.lock import RunDirBusy, check_run_dir, hold_run_dir
 from ocrfleet.run.rundir import RunDirRefused
 from ocrfleet.plan.placement import place
+from ocrfleet.policy import PolicyError, check_run
 from ocrfleet.run.progress import ProgressBar
 from ocrfleet.reduce.publish import is_published, publish
 from ocrfleet.inputs.storage import is_url
 from ocrfleet.reduce.summary import up_to_date
 
-_EXPECTED = (ConfigError, DeviceError, InputError, RunDirBusy, RunDirRefused)
+_EXPECTED = (ConfigError, DeviceError, InputError, PolicyError, RunDirBusy, RunDirRefused)
 _FLOW_COMMANDS = ("run", "reprocess", "corpus")  # commands that run a Prefect flow in this process
 
 
@@ -74,6 +75,7 @@ def _preflight(config: JobConfig) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = getattr(args, "resolved", None) or _config(args)
+    check_run(config)  # the machine's allowed roots, before anything is created
     _preflight(config)
     finished = None
     if (Path(config.output_dir) / "summary.json").is_file():  # only a reduced run can be up to date
@@ -135,7 +137,9 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from ocrfleet.plan.planning import make_plan
 
-    plan = make_plan(_config(args)).plan
+    config = _config(args)
+    check_run(config)
+    plan = make_plan(config).plan
     if args.json:
         print(plan.model_dump_json(indent=2))
         return 0
@@ -202,6 +206,7 @@ def cmd_corpus(args: argparse.Namespace) -> int:
         config = CorpusConfig.model_validate({k: v for k, v in settings.items() if v is not None})
     except ValidationError as exc:
         raise ConfigError(f"invalid corpus settings: {exc}") from None
+    check_run(config.job)
     check_run_dir(Path(config.job.output_dir))
     from ocrfleet.flows.corpus_flow import corpus_run
 

@@ -136,7 +136,7 @@ def _write_tree(folder: Path, files: Iterable[tuple[Path, bytes]]) -> Path:
     """Write `files` under `folder`, skip unchanged ones, then remove what an earlier reduce wrote that no
     longer belongs there. Each name is listed in `OWN_FILES` before its file is written, so a reduce killed
     midway leaves no file of its own unlisted."""
-    listed = _own_files(folder)
+    listed = own_files(folder) or set()
     kept: set[str] = set()
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / OWN_FILES, "a", encoding="utf-8") as journal:
@@ -152,11 +152,12 @@ def _write_tree(folder: Path, files: Iterable[tuple[Path, bytes]]) -> Path:
     return folder
 
 
-def _own_files(folder: Path) -> set[str]:
+def own_files(folder: Path) -> set[str] | None:
+    """The files (relative POSIX paths) reduces of the run wrote under `folder`; None when it has no list."""
     try:
         text = (folder / OWN_FILES).read_text(encoding="utf-8")
     except FileNotFoundError:
-        return set()
+        return None
     names = set()
     for line in text.splitlines():
         try:
