@@ -146,3 +146,17 @@ def test_a_flow_run_refused_for_its_inputs_creates_nothing(prefect_api, tmp_path
     state = ocr_run(config=refused, return_state=True)
     assert isinstance(state.result(raise_on_failure=False), RunDirRefused)
     assert not (tmp_path / "a").exists()
+
+
+def test_a_corpus_flow_refused_for_its_inputs_creates_nothing(prefect_api, tmp_path):
+    from ocrfleet.corpus import CorpusConfig
+    from ocrfleet.flows.corpus_flow import corpus_run
+    from ocrfleet.inputs.listing import InputError
+
+    empty = tmp_path / "scans"
+    empty.mkdir()
+    config = CorpusConfig.model_validate({"job": {"inputs": [str(empty)], "output_dir": str(tmp_path / "corpus")},
+                                          "chunks": 2})
+    state = corpus_run(config=config, return_state=True)
+    assert state.is_failed() and isinstance(state.result(raise_on_failure=False), InputError)
+    assert sorted(os.listdir(tmp_path)) == ["scans"]
