@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import gc
-import glob
 import json
 import logging
 import os
@@ -18,14 +18,13 @@ from ocrfleet.config import ConfigError, JobConfig, load_config
 from ocrfleet.tasks.deploy import DeployError
 from ocrfleet.plan.devices import DeviceError, visible_gpus
 from ocrfleet.plan.nvml import NvmlUnavailable, nvml_inventory
-from ocrfleet.inputs.listing import InputError
+from ocrfleet.inputs.listing import InputError, check_inputs
 from ocrfleet.run.lock import RunDirBusy, check_run_dir, hold_run_dir
 from ocrfleet.run.rundir import RunDirRefused
 from ocrfleet.plan.placement import place
 from ocrfleet.policy import PolicyError, check_run
 from ocrfleet.run.progress import ProgressBar
 from ocrfleet.reduce.publish import is_published, publish
-from ocrfleet.inputs.storage import is_url
 from ocrfleet.reduce.summary import up_to_date
 
 _EXPECTED = (ConfigError, DeviceError, InputError, PolicyError, RunDirBusy, RunDirRefused)
@@ -61,16 +60,14 @@ def _config(args: argparse.Namespace) -> JobConfig:
 
 
 def _preflight(config: JobConfig) -> None:
-    """Cheap checks that fail in one line before Prefect starts; listing the inputs is left to the flow."""
+    """Checks that fail in a message before Prefect starts: the inputs are listed (not opened), the output dir and
+    the devices checked (`ocrfleet.run.preflight`); nothing is created."""
     from ocrfleet.run.preflight import preflight
 
-    for spec in () if config.only_failed else config.inputs:
-        if is_url(spec):
-            continue  # listed through fsspec while planning, in the flow
-        if not (Path(spec).expanduser().exists() or next(glob.iglob(str(Path(spec).expanduser()), recursive=True),
-                                                         None)):
-            raise InputError(f"{spec}: no such file or directory, and no file matches it as a glob pattern")
-    preflight(config, list_inputs=False)  # the flow lists the inputs, still before it creates anything
+    if not config.only_failed:  # missing files, empty folders, bad manifest rows: exit 2, not a flow's traceback
+        check_inputs(config.inputs, include_globs=config.include_globs, exclude_globs=config.exclude_globs,
+                     manifest_path_column=config.manifest_path_column, leave_out=str(config.output_dir))
+    preflight(config, list_inputs=False)  # the inputs are listed just above
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -230,6 +227,24 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+_WHY = {errno.EACCES: "permission denied; make it accessible to this user",
+        errno.EPERM: "operation not permitted for this user",
+        errno.EEXIST: "already exists (a file where a folder is needed?)",
+        errno.ENOTDIR: "a part of this path is a file, not a folder", errno.EISDIR: "a folder, where a file is needed",
+        errno.ENOSPC: "no space left on its file system", errno.EROFS: "on a read-only file system",
+        errno.ENOENT: "no such file or folder"}
+
+
+def _describe(exc: OSError) -> str:
+    """An OS error as where and what went wrong: never a bare `[Errno 17] File exists`."""
+    why = _WHY.get(exc.errno) or exc.strerror or str(exc)
+    where = [name for name in (exc.filename, exc.filename2) if name is not None]
+    action = {FileExistsError: "cannot create", PermissionError: "cannot use"}.get(type(exc), "cannot use")
+    if not where:
+        return f"{type(exc).__name__}: {why}"
+    return f"{action} {' -> '.join(map(str, where))}: {why}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ocrfleet", description="Multi-GPU batch OCR with PaddleOCR and Prefect.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -276,8 +291,11 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.handler(args)
-    except (*_EXPECTED, DeployError, OSError) as exc:
+    except (*_EXPECTED, DeployError) as exc:
         print(f"ocrfleet: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"ocrfleet: error: {_describe(exc)}", file=sys.stderr)
         return 2
     finally:
         if args.command in _FLOW_COMMANDS:

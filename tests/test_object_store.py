@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ocrfleet.inputs import remote as remote_inputs, storage
+from ocrfleet.inputs import listing as remote_inputs, storage
 from ocrfleet.run import launch
 from ocrfleet.config import load_config
 from ocrfleet.inputs.listing import InputError, collect_pages

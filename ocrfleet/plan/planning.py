@@ -149,7 +149,7 @@ def pages_to_do(config: JobConfig, settings: str) -> tuple[list[Page], list[Page
     """The pages `config` names; of them, those without a usable record under `settings`; the records reused."""
     candidates = failed_pages(config) if config.only_failed else list_pages(
         config.inputs, dpi=config.pdf_dpi, include_globs=config.include_globs, exclude_globs=config.exclude_globs,
-        manifest_path_column=config.manifest_path_column)
+        manifest_path_column=config.manifest_path_column, leave_out=str(config.output_dir))
     pages, reused = split_done(candidates, prior_records(Path(config.output_dir)),
                                lambda page: page_settings(settings, config, page))
     return candidates, pages, reused

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ocrfleet.config import JobConfig
-from ocrfleet.inputs.listing import list_pages
+from ocrfleet.inputs.listing import check_inputs
 from ocrfleet.plan.planning import failed_pages, place_for
 from ocrfleet.run.lock import check_run_dir
 from ocrfleet.run.rundir import is_run_dir
@@ -30,6 +30,6 @@ def preflight(config: JobConfig, *, list_inputs: bool = True, devices: bool = Tr
     if list_inputs and not is_run_dir(run_dir):
         if config.only_failed:
             failed_pages(config)
-        else:
-            list_pages(config.inputs, dpi=config.pdf_dpi, include_globs=config.include_globs,
-                       exclude_globs=config.exclude_globs, manifest_path_column=config.manifest_path_column)
+        else:  # listed, not opened: a page range naming pages a document lacks is found while planning
+            check_inputs(config.inputs, include_globs=config.include_globs, exclude_globs=config.exclude_globs,
+                         manifest_path_column=config.manifest_path_column, leave_out=str(config.output_dir))
