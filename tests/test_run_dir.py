@@ -57,10 +57,11 @@ def test_a_non_empty_folder_that_is_not_a_run_dir_is_refused_and_left_untouched(
 
 def test_the_refusal_names_the_folder_and_says_what_to_do(tmp_path, capsys):
     inputs = blank_pages(tmp_path / "in", [100])
-    assert main(["run", str(inputs), "--output", str(inputs), "--devices", "cpu:1"]) == 2
+    scans = blank_pages(tmp_path / "scans", [101])  # a folder of the user's, not this run's input
+    assert main(["run", str(inputs), "--output", str(scans), "--devices", "cpu:1"]) == 2
     err = capsys.readouterr().err
-    assert f"{inputs}: not empty (w100.png) and not an ocrfleet run dir" in err and "another --output" in err
-    assert os.listdir(inputs) == ["w100.png"]
+    assert f"{scans}: not empty (w101.png) and not an ocrfleet run dir" in err and "another --output" in err
+    assert os.listdir(scans) == ["w101.png"]
 
 
 def test_an_empty_output_path_is_refused(tmp_path, monkeypatch, capsys):
