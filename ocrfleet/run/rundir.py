@@ -68,8 +68,12 @@ def claim_run_dir(run_dir: Path) -> None:
         log.info("adopting %s, the run dir of an earlier ocrfleet version: marking it %s", path, MARKER)
     info = {"ocrfleet_run_dir": 1, "marked": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     tmp = path / f".{MARKER}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(info) + "\n", encoding="utf-8")
-    os.replace(tmp, path / MARKER)
+    try:
+        tmp.write_text(json.dumps(info) + "\n", encoding="utf-8")
+        os.replace(tmp, path / MARKER)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def is_run_dir(path: Path) -> bool:
