@@ -64,10 +64,22 @@ def _preflight(config: JobConfig) -> None:
     the devices checked (`ocrfleet.run.preflight`); nothing is created."""
     from ocrfleet.run.preflight import preflight
 
+    _check_utf8_arguments(config)
     if not config.only_failed:  # missing files, empty folders, bad manifest rows: exit 2, not a flow's traceback
         check_inputs(config.inputs, include_globs=config.include_globs, exclude_globs=config.exclude_globs,
                      manifest_path_column=config.manifest_path_column, leave_out=str(config.output_dir))
     preflight(config, list_inputs=False)  # the inputs are listed just above
+
+
+def _check_utf8_arguments(config: JobConfig) -> None:
+    """A flow's Prefect parameters are JSON text, which cannot carry a name whose bytes are not UTF-8."""
+    for name in (*config.inputs, str(config.output_dir), config.derived_from or ""):
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(f"{name!r}: a name that is not UTF-8 cannot be an argument of a run (its Prefect "
+                             "parameters are JSON text); for an input give its folder, a glob or a .txt manifest "
+                             "instead: files found through them may have any name") from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -203,6 +215,7 @@ def cmd_corpus(args: argparse.Namespace) -> int:
         config = CorpusConfig.model_validate({k: v for k, v in settings.items() if v is not None})
     except ValidationError as exc:
         raise ConfigError(f"invalid corpus settings: {exc}") from None
+    _check_utf8_arguments(config.job)
     check_run(config.job)
     check_run_dir(Path(config.job.output_dir))
     from ocrfleet.flows.corpus_flow import corpus_run

@@ -161,11 +161,11 @@ def test_inputs_that_name_nothing_usable_are_clear_errors(tmp_path):
         collect_pages([str(tmp_path)])
 
 
-def test_unreadable_documents_are_planned_as_one_unit_for_the_worker_to_fail(tmp_path):
+def test_unreadable_documents_are_planned_as_one_unit_costed_by_size_for_the_worker_to_fail(tmp_path):
     (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.7 garbage")
     (tmp_path / "empty.png").write_bytes(b"")
     pages = collect_pages([str(tmp_path)])
-    assert [(page.page, page.cost) for page in pages] == [(0, 0.0), (0, 0.0)]
+    assert [(page.page, page.cost) for page in pages] == [(0, 16 * inputs_module.PIXELS_PER_BYTE), (0, 0.0)]
 
 
 def test_many_plain_images_are_costed_from_their_size_without_opening_them(tmp_path, monkeypatch):

@@ -220,7 +220,8 @@ def _check_named_files_exist(kept: dict[str, Entry], missing: set[str], problems
         return
     for path, entry in kept.items():  # in the order the inputs named them
         origin = entry if isinstance(entry, str) else entry.origin
-        if origin and path in missing:
+        # A folder or FIFO exists without being a file: the worker records it as NotAFile.
+        if origin and path in missing and not (is_local(path) and os.path.exists(path)):
             problems.append(f"{origin}: no such {'file' if is_local(path) else 'object'}")
 
 
@@ -415,8 +416,8 @@ def _pages_of(path: str, entry: Entry, size: int, mtime_ns: int, *, dpi: int, pr
         listed = [(page, costs.get(page, costs.get(None, estimate))) for page in sorted(pages or {0})]
     else:
         probed = probe_data(fetched[path], path, dpi=dpi) if path in fetched else probe_pages(path, dpi=dpi)
-        if probed is None:  # unreadable: one unit, which the worker turns into a failed record saying why
-            probed, pages = [(min(pages or {0}), 0.0)], None
+        if probed is None:  # unreadable: one unit, costed by its size, which the worker turns into a failed record
+            probed, pages = [(min(pages or {0}), size * PIXELS_PER_BYTE)], None
         present = {page for page, _ in probed}
         if pages is not None and pages - present:
             missing = ", ".join(str(page + 1) for page in sorted(pages - present)[:5])

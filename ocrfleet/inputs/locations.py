@@ -86,19 +86,33 @@ class LocalFiles:
             return
         if not self._first_visit(folder):
             return
+        # A folder named like a document (`x.png/`) is searched like any other; one with no document under it is
+        # given itself, so that its name gets a record (NotAFile) instead of vanishing from the results.
+        named = {folder: False} if _suffix(folder) in documents else {}  # such folders: has a document?
         for root, dirs, names in os.walk(folder, onerror=self._unlistable):
             dirs[:] = sorted(name for name in dirs if self._enter(os.path.join(root, name)))
+            named.update((os.path.join(root, name), False) for name in dirs if _suffix(name) in documents)
+            found = False
             for name in names:
                 dot = name.rfind(".")
                 if dot >= 0 and name[dot:].lower() in documents:
+                    found = True
                     yield os.path.join(root, name)
+            while found and named and not named.get(root, False):  # mark it and the folders above it, once
+                if root in named:
+                    named[root] = True
+                if root == folder or os.path.dirname(root) == root:
+                    break
+                root = os.path.dirname(root)
+        yield from (path for path, has_document in named.items() if not has_document)
 
     def glob(self, pattern: str) -> list[tuple[str, Kind]]:
         found = [(os.path.abspath(match), self.kind(match)) for match in sorted(glob.glob(pattern, recursive=True))]
         return [(name, kind) for name, kind in found if not self._left_out(name, resolve=kind == "dir")]
 
     def open_text(self, name: str, newline: str | None) -> IO[str]:
-        return open(name, encoding="utf-8", newline=newline)
+        # surrogateescape: a name's bytes that are not UTF-8 come through as the OS gave them (os.fsdecode).
+        return open(name, encoding="utf-8", errors="surrogateescape", newline=newline)
 
     def folder_of(self, manifest: str) -> str:
         return os.path.dirname(manifest)

@@ -19,6 +19,7 @@ from typing import TypeVar
 
 from pydantic import ValidationError
 
+from ocrfleet.inputs.pages import PageError, open_regular
 from ocrfleet.records import Page, PageRef, RecordIdentity, complete_lines
 from ocrfleet.inputs.storage import is_url, url_sha256
 
@@ -101,9 +102,9 @@ def file_sha256(path: str) -> str | None:
         return url_sha256(path)
     digest = hashlib.sha256()
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:  # a FIFO or /dev/zero would never end
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
-    except OSError:
+    except (OSError, PageError):
         return None
     return digest.hexdigest()

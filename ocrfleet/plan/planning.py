@@ -23,7 +23,7 @@ from ocrfleet.plan.ledger import CARRIED, Prior, prior_records, split_done
 from ocrfleet.plan.models import (REC_BATCH, Engine, ModelDirs, bundled_dir, default_cache_dir, fingerprint, is_bundled,
                           materialize)
 from ocrfleet.plan.placement import Placement, default_threads, launcher_warning, place, worker_env_overrides
-from ocrfleet.records import Page, PageRecord, PageRef, read_jsonl, write_atomic
+from ocrfleet.records import JsonModel, Page, PageRecord, PageRef, read_jsonl, write_atomic
 from ocrfleet.inputs.storage import Stat, stat_sources
 
 _VERSIONED = ("ocrfleet", "paddleocr", "paddlex", "paddlepaddle", "paddlepaddle-gpu", "onnxruntime",
@@ -41,7 +41,7 @@ class ShardPlan(BaseModel):
     cost: float
 
 
-class Plan(BaseModel):
+class Plan(JsonModel):
     """`run.json`: the resolved config, models, shards and versions of a run."""
 
     model_config = ConfigDict(frozen=True)
