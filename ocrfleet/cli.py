@@ -73,7 +73,7 @@ def _preflight(config: JobConfig) -> None:
 
 def _check_utf8_arguments(config: JobConfig) -> None:
     """A flow's Prefect parameters are JSON text, which cannot carry a name whose bytes are not UTF-8."""
-    for name in (*config.inputs, str(config.output_dir), config.derived_from or ""):
+    for name in (*config.inputs, str(config.output_dir), str(config.derived_from or "")):
         try:
             name.encode("utf-8")
         except UnicodeEncodeError:
