@@ -24,13 +24,14 @@ from ocrfleet.plan.devices import DeviceError, visible_gpus
 from ocrfleet.plan.nvml import NvmlUnavailable, nvml_inventory
 from ocrfleet.inputs.listing import InputError, check_inputs
 from ocrfleet.run.lock import RunDirBusy, check_run_dir, hold_run_dir
+from ocrfleet.run.rundir import RunDirRefused
 from ocrfleet.plan.placement import place
 from ocrfleet.policy import PolicyError, check_run
 from ocrfleet.run.progress import ProgressBar
 from ocrfleet.reduce.publish import is_published, publish
 from ocrfleet.reduce.summary import RunSummary, up_to_date
 
-_EXPECTED = (ConfigError, DeviceError, InputError, PolicyError, RunDirBusy)
+_EXPECTED = (ConfigError, DeviceError, InputError, PolicyError, RunDirBusy, RunDirRefused)
 _FLOW_COMMANDS = ("run", "reprocess", "corpus")  # commands that run a Prefect flow in this process
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _STOP_BUDGET_S = 10.0  # the longest a stop waits on the Prefect API before the process exits anyway
@@ -130,7 +131,8 @@ def _run_flow(call: Callable[[], Any], on_stop: Callable[[str], str], server: An
 
 def _job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="*", help="image/PDF/TIFF files, directories, glob patterns or manifests")
-    parser.add_argument("--output", "-o", dest="output_dir", type=Path, help="run directory (local disk or NFS)")
+    parser.add_argument("--output", "-o", dest="output_dir", type=_output_dir,
+                        help="run directory (local disk or NFS): a new or empty folder, or an earlier run's")
     parser.add_argument("--publish-to", help="after a valid run, copy its outputs to this path or URL (s3://...)")
     parser.add_argument("--config", "-c", type=Path, help="YAML config (see configs/default.yaml)")
     parser.add_argument("--devices", help="auto, gpu, gpu:0,2,3, cpu or cpu:N")
@@ -138,6 +140,12 @@ def _job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", choices=["auto", "paddle", "onnxruntime"])
     parser.add_argument("--max-failure-rate", type=float)
     parser.add_argument("--threads-per-worker", type=int)
+
+
+def _output_dir(value: str) -> Path:
+    if not value.strip():  # Path("") is ".": the run would land in the current directory
+        raise argparse.ArgumentTypeError("empty: name a folder for the run")
+    return Path(value)
 
 
 def _config(args: argparse.Namespace) -> JobConfig:
@@ -150,20 +158,20 @@ def _config(args: argparse.Namespace) -> JobConfig:
 
 
 def _preflight(config: JobConfig) -> None:
-    """Checks that fail in a message before Prefect starts: the inputs are listed (not opened), the devices placed."""
-    from ocrfleet.plan.planning import place_for
+    """Checks that fail in a message before Prefect starts: the inputs are listed (not opened), the output dir and
+    the devices checked (`ocrfleet.run.preflight`); nothing is created."""
+    from ocrfleet.run.preflight import preflight
 
     _check_utf8_arguments(config)
     if not config.only_failed:  # missing files, empty folders, bad manifest rows: exit 2, not a flow's traceback
         check_inputs(config.inputs, include_globs=config.include_globs, exclude_globs=config.exclude_globs,
                      manifest_path_column=config.manifest_path_column, leave_out=str(config.output_dir))
-    place_for(config)
-    check_run_dir(Path(config.output_dir))
+    preflight(config, list_inputs=False)  # the inputs are listed just above
 
 
 def _check_utf8_arguments(config: JobConfig) -> None:
     """A flow's Prefect parameters are JSON text, which cannot carry a name whose bytes are not UTF-8."""
-    for name in (*config.inputs, str(config.output_dir), config.derived_from or ""):
+    for name in (*config.inputs, str(config.output_dir), str(config.derived_from or "")):
         try:
             name.encode("utf-8")
         except UnicodeEncodeError:
@@ -176,8 +184,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = getattr(args, "resolved", None) or _config(args)
     check_run(config)  # the machine's allowed roots, before anything is created
     _preflight(config)
-    with hold_run_dir(Path(config.output_dir), "ocrfleet run: up-to-date check"):
-        finished = up_to_date(config)
+    finished = None
+    if (Path(config.output_dir) / "summary.json").is_file():  # only a reduced run can be up to date
+        with hold_run_dir(Path(config.output_dir), "ocrfleet run: up-to-date check"):
+            finished = up_to_date(config)
     if finished is not None:  # nothing new since the last run: no Prefect run, no model load
         print(f"ocrfleet: nothing to do: all {finished.pages_planned} pages are done already "
               f"(results: {Path(config.output_dir) / 'results.jsonl'})")
