@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from ocrfleet.config import ConfigError, JobConfig, load_config
 from ocrfleet.tasks.deploy import DeployError
 from ocrfleet.plan.devices import DeviceError, visible_gpus
+from ocrfleet.plan.gpu_engines import gpu_engine_problems
 from ocrfleet.plan.nvml import NvmlUnavailable, nvml_inventory
 from ocrfleet.inputs.listing import InputError, check_inputs
 from ocrfleet.run.lock import RunDirBusy, check_run_dir, hold_run_dir
@@ -302,7 +303,8 @@ def cmd_devices(args: argparse.Namespace) -> int:
     except NvmlUnavailable as exc:
         gpus, reason = [], str(exc)
     floor = JobConfig.model_fields["min_free_memory_mb"].default
-    placement = place(args.devices, min_free_memory_mb=floor)
+    placement = place(args.devices, min_free_memory_mb=floor, engine=args.engine)
+    engines = gpu_engine_problems()
     visible = {gpu.index for gpu, _ in visible_gpus(gpus, os.environ)}
     used = {device.gpu_id for device in placement.devices}
     rows = []
@@ -313,7 +315,8 @@ def cmd_devices(args: argparse.Namespace) -> int:
         rows.append({**gpu.model_dump(), "use": gpu.index in used, "why": why})
     if args.json:
         print(json.dumps({"gpus": rows, "nvml_error": reason, "devices": args.devices,
-                          "would_use": [d.name for d in placement.devices], "warnings": placement.warnings}, indent=2))
+                          "would_use": [d.name for d in placement.devices], "engine": placement.engine,
+                          "gpu_engines": engines, "warnings": placement.warnings}, indent=2))
         return 0
     if reason:
         print(f"no GPUs: {reason}")
@@ -323,9 +326,12 @@ def cmd_devices(args: argparse.Namespace) -> int:
         print(f"  gpu:{row['index']:<2d} {row['name']:24s} {row['uuid']}  {row['memory_free_mb']:>6d}/"
               f"{row['memory_total_mb']:<6d} MiB free  util {util:>4s}{mig}  {'USE ' if row['use'] else 'skip'} "
               f"{'' if row['use'] else row['why']}")
+    for engine, problem in engines.items():
+        print(f"GPU engine {engine}: {'usable' if problem is None else 'not usable: ' + problem}")
     for warning in placement.warnings:
         print(f"WARNING: {warning}")
-    print(f"--devices {args.devices} would run: {', '.join(device.name for device in placement.devices)}")
+    on = f" with engine {placement.engine}" if placement.engine else ""
+    print(f"--devices {args.devices} would run{on}: {', '.join(device.name for device in placement.devices)}")
     return 0
 
 
@@ -422,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     reprocess.set_defaults(handler=cmd_reprocess)
     devices = commands.add_parser("devices", help="GPU inventory and what a devices spec would use")
     devices.add_argument("--devices", default="auto")
+    devices.add_argument("--engine", choices=["auto", "paddle", "onnxruntime"], default="auto")
     devices.add_argument("--json", action="store_true")
     devices.set_defaults(handler=cmd_devices)
     corpus = commands.add_parser(

@@ -17,7 +17,7 @@ from typing import NamedTuple, TypeVar, overload
 from pydantic import BaseModel, ConfigDict
 
 from ocrfleet.config import JobConfig
-from ocrfleet.plan.devices import Device, DeviceError
+from ocrfleet.plan.devices import Device
 from ocrfleet.inputs.listing import InputError, list_pages
 from ocrfleet.plan.ledger import CARRIED, Prior, prior_records, split_done
 from ocrfleet.plan.models import (REC_BATCH, Engine, ModelDirs, bundled_dir, default_cache_dir, fingerprint, is_bundled,
@@ -26,7 +26,7 @@ from ocrfleet.plan.placement import Placement, default_threads, launcher_warning
 from ocrfleet.records import JsonModel, Page, PageRecord, PageRef, read_jsonl, write_atomic
 from ocrfleet.inputs.storage import Stat, stat_sources
 
-_VERSIONED = ("ocrfleet", "paddleocr", "paddlex", "paddlepaddle", "paddlepaddle-gpu", "onnxruntime",
+_VERSIONED = ("ocrfleet", "paddleocr", "paddlex", "paddlepaddle", "paddlepaddle-gpu", "onnxruntime", "onnxruntime-gpu",
               "rapidocr-paddle", "rapidocr-onnxruntime")
 
 
@@ -122,7 +122,7 @@ def _collection_paused() -> Iterator[None]:
 def make_plan(config: JobConfig, placement: Placement | None = None) -> Planned:
     """Plan a run without writing anything: pages an earlier run already did are reused, not planned."""
     placement = placement or place_for(config)
-    models = resolve_models(config, placement.devices)
+    models = resolve_models(config, placement.devices, placement.engine)
     rec_batch_size = config.text_recognition_batch_size or REC_BATCH[models.engine]
     det_limit = (config.text_det_limit_side_len, config.text_det_limit_type)
     settings = fingerprint(models, f"text_recognition_batch_size={rec_batch_size}",
@@ -196,7 +196,8 @@ def place_for(config: JobConfig) -> Placement:
     spec = config.devices
     if spec == "auto" and os.environ.get("OCRFLEET_DEVICES"):
         spec = os.environ["OCRFLEET_DEVICES"]
-    placement = place(spec, exclude=config.exclude, min_free_memory_mb=config.min_free_memory_mb)
+    placement = place(spec, exclude=config.exclude, min_free_memory_mb=config.min_free_memory_mb,
+                      engine=config.engine)
     warning = launcher_warning(os.environ)
     if warning:
         placement.warnings.append(warning)
@@ -227,18 +228,16 @@ def split_balanced(pages: list[P], shards: int) -> list[list[P]]:
     return members
 
 
-def resolve_engine(config: JobConfig, devices: list[Device]) -> Engine:
-    on_gpu = any(device.is_gpu for device in devices)
-    if config.engine == "onnxruntime" and on_gpu:
-        raise DeviceError("engine=onnxruntime runs on CPU only; use engine=paddle (or auto) for GPUs")
-    if config.engine == "auto":
-        return "paddle" if on_gpu else "onnxruntime"
-    return config.engine
+def resolve_engine(config: JobConfig, devices: list[Device], gpu_engine: Engine | None = None) -> Engine:
+    """The engine workers load: on GPUs the one placement found usable (`gpu_engine`), on CPU onnxruntime for auto."""
+    if any(device.is_gpu for device in devices):
+        return gpu_engine or ("paddle" if config.engine == "auto" else config.engine)
+    return "onnxruntime" if config.engine == "auto" else config.engine
 
 
-def resolve_models(config: JobConfig, devices: list[Device]) -> ModelDirs:
+def resolve_models(config: JobConfig, devices: list[Device], gpu_engine: Engine | None = None) -> ModelDirs:
     """The model names and dirs workers load; bundled models get their cache dir."""
-    engine = resolve_engine(config, devices)
+    engine = resolve_engine(config, devices, gpu_engine)
     cache = config.model_cache_dir or default_cache_dir()
     dirs = []
     for name, given in ((config.text_detection_model_name, config.text_detection_model_dir),

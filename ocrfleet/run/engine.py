@@ -7,6 +7,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ocrfleet.plan.gpu_engines import CUDA_PROVIDER_OPTIONS
 from ocrfleet.plan.models import DET_LIMIT, REC_BATCH, ModelDirs
 from ocrfleet.records import TextLine
 
@@ -14,7 +15,8 @@ log = logging.getLogger(__name__)
 
 # Messages that mean the process itself is broken (device lost, out of memory): retrying the page
 # in this process is pointless, so the worker exits and the shard is retried in a fresh one.
-_FATAL_MARKERS = ("CUDA error", "cudaError", "out of memory", "CUDNN_STATUS", "device-side assert")
+_FATAL_MARKERS = ("CUDA error", "cudaError", "out of memory", "CUDNN_STATUS", "device-side assert",
+                  "CUDA failure", "CUDNN failure", "CUBLAS failure", "Failed to allocate memory")
 
 
 class EngineUnusable(RuntimeError):
@@ -38,7 +40,7 @@ class PaddleOcrEngine:
             options.update(text_det_limit_side_len=det_limit[0], text_det_limit_type=det_limit[1])
         if models.engine == "onnxruntime":
             options["engine"] = "onnxruntime"
-            options["engine_config"] = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
+            options["engine_config"] = onnxruntime_config(device, threads)
         elif device == "cpu":
             # Paddle 3.3's oneDNN path rejects these legacy-format models (ConvertPirAttribute2RuntimeAttribute).
             options.update(enable_mkldnn=False, cpu_threads=threads)
@@ -62,3 +64,17 @@ class PaddleOcrEngine:
             TextLine(text=text, score=float(score), box=tuple(tuple(float(v) for v in point) for point in poly))
             for text, score, poly in zip(result["rec_texts"], result["rec_scores"], result["rec_polys"])
         ]
+
+
+def onnxruntime_config(device: str, threads: int) -> dict:
+    """PaddleX's onnxruntime engine_config for `device` ('cpu', or 'gpu:0': the worker's one visible GPU)."""
+    config: dict = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
+    if device.startswith("gpu"):
+        import onnxruntime
+
+        # onnxruntime-gpu >= 1.21 finds CUDA and cuDNN in pip's nvidia-* wheels only when asked to.
+        getattr(onnxruntime, "preload_dlls", lambda: None)()
+        config.update(providers=["CUDAExecutionProvider", "CPUExecutionProvider"],
+                      provider_options=[{"device_id": int(device.partition(":")[2] or 0), **CUDA_PROVIDER_OPTIONS},
+                                        {}])
+    return config
