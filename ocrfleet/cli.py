@@ -137,7 +137,7 @@ def _job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--publish-to", help="after a valid run, copy its outputs to this path or URL (s3://...)")
     parser.add_argument("--config", "-c", type=Path, help="YAML config (see configs/default.yaml)")
     parser.add_argument("--devices", help="auto, gpu, gpu:0,2,3, cpu or cpu:N")
-    parser.add_argument("--workers-per-device", type=int, help="shards (worker processes) per device")
+    parser.add_argument("--workers-per-device", help="shards (worker processes) per device, or auto")
     parser.add_argument("--engine", choices=["auto", "paddle", "onnxruntime"])
     parser.add_argument("--max-failure-rate", type=float)
     parser.add_argument("--threads-per-worker", type=int)
@@ -283,6 +283,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return 0
     for warning in plan.warnings:
         print(f"WARNING: {warning}")
+    for choice in plan.choices:
+        print(choice)
     done = f" ({plan.pages_skipped} already done, skipped)" if plan.pages_skipped else ""
     print(f"{plan.pages_total} pages{done}, {len(plan.shards)} shards, engine {plan.models.engine}, "
           f"{plan.threads_per_worker} thread(s) per worker")

@@ -22,6 +22,7 @@ class Placement:
     warnings: list[str] = field(default_factory=list)
     skipped: dict[int, str] = field(default_factory=dict)  # NVML index -> why it is not used
     engine: GpuEngine | None = None  # the engine the GPUs run with; None on CPU
+    free_mb: dict[int, int] = field(default_factory=dict)  # NVML index of each GPU used -> its free MiB
 
 
 def place(spec: str, env: Mapping[str, str] | None = None,
@@ -66,7 +67,7 @@ def place(spec: str, env: Mapping[str, str] | None = None,
         raise DeviceError(
             f"devices={spec}: GPU(s) {missing} are not available; this process may use NVML indices "
             f"{sorted(by_index)} (CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', '<unset>')})")
-    chosen, skipped = [], {}
+    chosen, skipped, free_mb = [], {}, {}
     for gpu_id in wanted:
         if gpu_id not in by_index:
             continue
@@ -77,8 +78,9 @@ def place(spec: str, env: Mapping[str, str] | None = None,
             warnings.append(f"skipping gpu:{gpu_id} ({gpu.name}): {skip}")
         else:
             chosen.append(_gpu_device(gpu, entry))
+            free_mb[gpu_id] = _free_mb(gpu, entry)
     if chosen:
-        return Placement(chosen, warnings, skipped, gpu_engine)
+        return Placement(chosen, warnings, skipped, gpu_engine, free_mb)
     reason = reason or "every GPU was skipped: " + "; ".join(warnings)
     if request.kind == "auto":
         return Placement([CPU], warnings + [f"devices=auto: no usable GPU ({reason}); falling back to 1 CPU worker"],
@@ -89,11 +91,15 @@ def place(spec: str, env: Mapping[str, str] | None = None,
 def _skip_reason(gpu: GpuInfo, entry: str, exclude: tuple[int, ...], min_free_mb: int) -> str | None:
     if gpu.index in exclude:
         return "listed in exclude"
-    free = next((mig.memory_free_mb for mig in gpu.mig_devices if mig.uuid == _mig_uuid(gpu, entry)),
-                gpu.memory_free_mb)
+    free = _free_mb(gpu, entry)
     if free < min_free_mb:
         return f"{free} MiB free, below min_free_memory_mb={min_free_mb}"
     return None
+
+
+def _free_mb(gpu: GpuInfo, entry: str) -> int:
+    return next((mig.memory_free_mb for mig in gpu.mig_devices if mig.uuid == _mig_uuid(gpu, entry)),
+                gpu.memory_free_mb)
 
 
 def _mig_uuid(gpu: GpuInfo, entry: str) -> str | None:

@@ -23,6 +23,7 @@ from ocrfleet.plan.ledger import CARRIED, Prior, prior_records, split_done
 from ocrfleet.plan.models import (REC_BATCH, Engine, ModelDirs, bundled_dir, default_cache_dir, fingerprint, is_bundled,
                           materialize)
 from ocrfleet.plan.placement import Placement, default_threads, launcher_warning, place, worker_env_overrides
+from ocrfleet.plan.sizing import FIXED_SHAPES_REC_BATCH, fixed_shapes, workers_per_device
 from ocrfleet.records import JsonModel, Page, PageRecord, PageRef, read_jsonl, write_atomic
 from ocrfleet.inputs.storage import Stat, stat_sources
 
@@ -59,6 +60,8 @@ class Plan(JsonModel):
     shards: tuple[ShardPlan, ...]
     warnings: tuple[str, ...] = ()
     versions: dict[str, str]
+    fixed_shapes: bool = False  # models run at fixed input shapes (`ocrfleet.run.fixed_shapes`)
+    choices: tuple[str, ...] = ()  # what `auto` settings resolved to, and why
 
     def settings_for(self, page: PageRef | Page) -> str:
         return page_settings(self.settings, self.config, page)
@@ -123,12 +126,15 @@ def make_plan(config: JobConfig, placement: Placement | None = None) -> Planned:
     """Plan a run without writing anything: pages an earlier run already did are reused, not planned."""
     placement = placement or place_for(config)
     models = resolve_models(config, placement.devices, placement.engine)
-    rec_batch_size = config.text_recognition_batch_size or REC_BATCH[models.engine]
+    fixed, fixed_why = fixed_shapes(config.fixed_shapes, any(device.is_gpu for device in placement.devices))
+    per_device, per_device_why = workers_per_device(config.workers_per_device, placement)
+    rec_batch_size = config.text_recognition_batch_size or (FIXED_SHAPES_REC_BATCH if fixed else REC_BATCH[models.engine])
     det_limit = (config.text_det_limit_side_len, config.text_det_limit_type)
+    # Fixed shapes read a few characters differently (padding): records made without them are not reused.
     settings = fingerprint(models, f"text_recognition_batch_size={rec_batch_size}",
-                           f"text_det_limit={det_limit[0]}/{det_limit[1]}")
+                           f"text_det_limit={det_limit[0]}/{det_limit[1]}", *(["fixed_shapes"] if fixed else []))
     candidates, pages, reused = pages_to_do(config, settings)
-    slots = [device for device in placement.devices for _ in range(config.workers_per_device)]
+    slots = [device for device in placement.devices for _ in range(per_device)]
     shard_pages = [ShardPages(members) for members in split_balanced(pages, min(len(slots), len(pages)))]
     # Spread shards over devices first, so that a small run still uses every device.
     devices = [placement.devices[shard % len(placement.devices)] for shard in range(len(shard_pages))]
@@ -141,7 +147,8 @@ def make_plan(config: JobConfig, placement: Placement | None = None) -> Planned:
     plan = Plan(config=config, models=models, settings=settings, threads_per_worker=threads,
                 rec_batch_size=rec_batch_size,
                 pages_total=len(candidates), pages_skipped=len(reused), shards=shards,
-                warnings=tuple(placement.warnings), versions=_versions())
+                warnings=tuple(placement.warnings), versions=_versions(), fixed_shapes=fixed,
+                choices=(per_device_why, fixed_why))
     return Planned(plan, shard_pages, reused)
 
 

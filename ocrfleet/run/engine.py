@@ -10,6 +10,7 @@ import numpy as np
 from ocrfleet.plan.gpu_engines import CUDA_PROVIDER_OPTIONS
 from ocrfleet.plan.models import DET_LIMIT, REC_BATCH, ModelDirs
 from ocrfleet.records import TextLine
+from ocrfleet.run.fixed_shapes import use_fixed_shapes
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ class PaddleOcrEngine:
     """PaddleOCR's text detection + recognition pipeline, loaded once per worker."""
 
     def __init__(self, models: ModelDirs, device: str, threads: int, rec_batch_size: int | None = None,
-                 det_limit: tuple[int | None, str] = DET_LIMIT) -> None:
+                 det_limit: tuple[int | None, str] = DET_LIMIT, fixed_shapes: bool = False) -> None:
         from paddleocr import PaddleOCR  # heavy: imported only where OCR actually runs
 
         options: dict = {}
@@ -52,6 +53,8 @@ class PaddleOcrEngine:
             use_doc_orientation_classify=False, use_doc_unwarping=False, use_textline_orientation=False,
             text_recognition_batch_size=rec_batch_size or REC_BATCH[models.engine], device=device, **options,
         )
+        if fixed_shapes:
+            use_fixed_shapes(self._ocr, det_limit[0], rec_batch_size or REC_BATCH[models.engine])
 
     def __call__(self, image: np.ndarray) -> list[TextLine]:
         try:
