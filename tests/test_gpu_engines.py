@@ -106,3 +106,19 @@ def test_devices_says_which_gpu_engines_are_usable_and_why_not(monkeypatch, caps
     assert main(["devices", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["engine"] == "onnxruntime" and report["gpu_engines"]["onnxruntime"] is None
+
+
+def test_the_gpu_benchmark_without_a_gpu_measures_nothing_and_says_so(monkeypatch, tmp_path):
+    from benchmarks import gpu
+    from ocrfleet.plan.nvml import NvmlUnavailable
+
+    def no_driver():
+        raise NvmlUnavailable("no NVIDIA driver / NVML: test")
+
+    monkeypatch.setattr("ocrfleet.plan.nvml.nvml_inventory", no_driver)
+    figures = gpu.measure(False, tmp_path)
+    assert figures and all(f.value is None and f.met is None for f in figures)
+    assert all(f.detail.startswith("not measured: no GPU in this session") for f in figures)
+    monkeypatch.setattr("ocrfleet.plan.nvml.nvml_inventory", inventory(EIGHT[:1]))
+    monkeypatch.setattr("ocrfleet.plan.gpu_engines.paddle_gpu_installed", lambda: False)
+    assert "no GPU engine" in gpu.measure(True, tmp_path)[0].detail
