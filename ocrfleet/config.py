@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -59,7 +59,7 @@ class JobConfig(BaseModel):
     min_free_memory_mb: int = Field(
         1024, ge=0, description="GPUs (or MIG instances) with less free memory are skipped with a warning."
     )
-    workers_per_device: int | Literal["auto"] = Field(
+    workers_per_device: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field(
         "auto", description="Shards (worker processes) per device, 1 to 64; 'auto': 1 per CPU device, on GPUs the "
         "machine's cores shared among its GPUs (as far as GPU memory allows), said by `ocrfleet plan`."
     )
@@ -169,14 +169,11 @@ class JobConfig(BaseModel):
 
     @field_validator("workers_per_device", mode="before")
     @classmethod
-    def _workers_in_range(cls, value: Any) -> Any:
+    def _workers_from_text(cls, value: Any) -> Any:
+        # From the command line every value is text: "auto" in any case, or a number.
         if isinstance(value, str) and value.strip().lower() == "auto":
             return "auto"
-        if isinstance(value, str) and value.strip().isdigit():
-            value = int(value)
-        if isinstance(value, int) and not isinstance(value, bool) and not 1 <= value <= 64:
-            raise ValueError(f"{value} is not 'auto' or a whole number from 1 to 64")
-        return value
+        return int(value) if isinstance(value, str) and value.strip().isdigit() else value
 
     @field_validator("devices")
     @classmethod
