@@ -70,13 +70,17 @@ def test_a_runner_without_sessions_is_called_with_the_padded_input():
     assert seen == [(1, 3, 736, 736)]
 
 
-@pytest.fixture(scope="module")
-def onnx_models() -> ModelDirs:
+def bundled_onnx_models() -> ModelDirs:
     cache = default_cache_dir()
     return ModelDirs(engine="onnxruntime", text_detection_model_name=BUNDLED_DET,
                      text_detection_model_dir=str(materialize("onnxruntime", BUNDLED_DET, cache)),
                      text_recognition_model_name=BUNDLED_REC,
                      text_recognition_model_dir=str(materialize("onnxruntime", BUNDLED_REC, cache)))
+
+
+@pytest.fixture(scope="module")
+def onnx_models() -> ModelDirs:
+    return bundled_onnx_models()
 
 
 def test_fixed_shape_batching_reads_real_pages_as_the_unbatched_path_does(onnx_models):

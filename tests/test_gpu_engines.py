@@ -122,3 +122,30 @@ def test_the_gpu_benchmark_without_a_gpu_measures_nothing_and_says_so(monkeypatc
     monkeypatch.setattr("ocrfleet.plan.nvml.nvml_inventory", inventory(EIGHT[:1]))
     monkeypatch.setattr("ocrfleet.plan.gpu_engines.paddle_gpu_installed", lambda: False)
     assert "no GPU engine" in gpu.measure(True, tmp_path)[0].detail
+
+
+def test_a_gpu_worker_on_onnxruntime_makes_every_session_on_the_cuda_provider(monkeypatch):
+    """PaddleX's own onnxruntime runner gets the CUDA provider, device 0 and HEURISTIC, for every fixed shape too
+    (the sessions are made on the CPU here, where no CUDA provider exists, after recording what was asked)."""
+    import cv2
+    import onnxruntime
+
+    from tests.test_fixed_shapes import REAL, bundled_onnx_models
+
+    real_session, asked = onnxruntime.InferenceSession, []
+
+    def session(path, sess_options=None, providers=None, provider_options=None):
+        asked.append((providers, provider_options))
+        return real_session(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(onnxruntime, "InferenceSession", session)
+    from ocrfleet.run.engine import PaddleOcrEngine
+
+    engine = PaddleOcrEngine(bundled_onnx_models(), "gpu:0", 1, rec_batch_size=4, fixed_shapes=True)
+    lines = engine(cv2.imread(str(REAL / "eurotext.png")))
+    assert any("fox" in line.text for line in lines)
+    assert len(asked) >= 4  # the two models' own sessions, then one per input shape
+    for providers, options in asked:
+        assert providers == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        assert options[0] == {"device_id": 0, "cudnn_conv_algo_search": "HEURISTIC"}
