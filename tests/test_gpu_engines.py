@@ -136,7 +136,9 @@ def test_a_gpu_worker_on_onnxruntime_makes_every_session_on_the_cuda_provider(mo
 
     def session(path, sess_options=None, providers=None, provider_options=None):
         asked.append((providers, provider_options))
-        return real_session(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+        made = real_session(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+        made.get_providers = lambda: providers  # as a session on the GPU would answer
+        return made
 
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     monkeypatch.setattr(onnxruntime, "InferenceSession", session)
@@ -149,3 +151,15 @@ def test_a_gpu_worker_on_onnxruntime_makes_every_session_on_the_cuda_provider(mo
     for providers, options in asked:
         assert providers == ["CUDAExecutionProvider", "CPUExecutionProvider"]
         assert options[0] == {"device_id": 0, "cudnn_conv_algo_search": "HEURISTIC"}
+
+
+def test_a_gpu_worker_whose_onnxruntime_falls_back_to_the_cpu_is_unusable(monkeypatch):
+    import onnxruntime
+
+    from ocrfleet.run.engine import EngineUnusable, PaddleOcrEngine
+    from tests.test_fixed_shapes import bundled_onnx_models
+
+    # The CUDA provider is listed (as onnxruntime-gpu lists it without a driver) but cannot load.
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    with pytest.raises(EngineUnusable, match="fell back to CPUExecutionProvider"):
+        PaddleOcrEngine(bundled_onnx_models(), "gpu:0", 1)

@@ -7,6 +7,7 @@ provider really loads; when neither can, the caller falls back to CPU (or refuse
 from __future__ import annotations
 
 import importlib.metadata
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -60,8 +61,10 @@ def onnxruntime_gpu_problem() -> str | None:
     except subprocess.TimeoutExpired:
         return "onnxruntime's CUDA provider did not create a session within 180 s"
     if probe.returncode != 0:
-        lines = [line for line in probe.stderr.strip().splitlines() if line.strip()]
-        last = lines[-1] if lines else f"exit {probe.returncode}"
+        lines = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in probe.stderr.splitlines() if line.strip()]
+        # onnxruntime logs why the provider did not load (e.g. "libcublasLt.so.13: cannot open shared object file").
+        cause = next((line.split("FAIL : ")[-1] for line in lines if "[E:onnxruntime" in line), "")
+        last = "; ".join(part for part in (lines[-1] if lines else f"exit {probe.returncode}", cause) if part)
         return (f"onnxruntime's CUDA provider is listed but a session on it failed ({last}): check the CUDA/cuDNN "
                 "libraries it needs (pip's nvidia-* wheels, which onnxruntime-gpu[cuda,cudnn] brings) and the driver")
     return None

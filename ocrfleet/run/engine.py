@@ -53,6 +53,8 @@ class PaddleOcrEngine:
             use_doc_orientation_classify=False, use_doc_unwarping=False, use_textline_orientation=False,
             text_recognition_batch_size=rec_batch_size or REC_BATCH[models.engine], device=device, **options,
         )
+        if models.engine == "onnxruntime" and device.startswith("gpu"):
+            _check_on_cuda(self._ocr)
         if fixed_shapes:
             use_fixed_shapes(self._ocr, det_limit[0], rec_batch_size or REC_BATCH[models.engine])
 
@@ -81,3 +83,14 @@ def onnxruntime_config(device: str, threads: int) -> dict:
                       provider_options=[{"device_id": int(device.partition(":")[2] or 0), **CUDA_PROVIDER_OPTIONS},
                                         {}])
     return config
+
+
+def _check_on_cuda(ocr: object) -> None:
+    # onnxruntime falls back to the CPU, with only a log line, when its CUDA provider does not load in this
+    # process: a GPU worker that would read its shard on one CPU thread is unusable instead.
+    pipeline = getattr(ocr.paddlex_pipeline, "_pipeline", ocr.paddlex_pipeline)
+    for predictor in (pipeline.text_det_model, pipeline.text_rec_model):
+        providers = predictor.runner.session.get_providers()
+        if providers[0] != "CUDAExecutionProvider":
+            raise EngineUnusable(f"onnxruntime's CUDA provider did not load in this worker; its session fell back to "
+                                 f"{', '.join(providers)} (onnxruntime logs why above)")
