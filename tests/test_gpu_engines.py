@@ -140,7 +140,8 @@ def test_a_gpu_worker_on_onnxruntime_makes_every_session_on_the_cuda_provider(mo
         made.get_providers = lambda: providers  # as a session on the GPU would answer
         return made
 
-    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(onnxruntime, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     monkeypatch.setattr(onnxruntime, "InferenceSession", session)
     from ocrfleet.run.engine import PaddleOcrEngine
 
@@ -160,6 +161,7 @@ def test_a_gpu_worker_whose_onnxruntime_falls_back_to_the_cpu_is_unusable(monkey
     from tests.test_fixed_shapes import bundled_onnx_models
 
     # The CUDA provider is listed (as onnxruntime-gpu lists it without a driver) but cannot load.
-    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(onnxruntime, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     with pytest.raises(EngineUnusable, match="fell back to CPUExecutionProvider"):
         PaddleOcrEngine(bundled_onnx_models(), "gpu:0", 1)

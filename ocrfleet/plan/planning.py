@@ -128,7 +128,8 @@ def make_plan(config: JobConfig, placement: Placement | None = None) -> Planned:
     models = resolve_models(config, placement.devices, placement.engine)
     fixed, fixed_why = fixed_shapes(config.fixed_shapes, any(device.is_gpu for device in placement.devices))
     per_device, per_device_why = workers_per_device(config.workers_per_device, placement)
-    rec_batch_size = config.text_recognition_batch_size or (FIXED_SHAPES_REC_BATCH if fixed else REC_BATCH[models.engine])
+    rec_batch_size = config.text_recognition_batch_size or (
+        FIXED_SHAPES_REC_BATCH if fixed else REC_BATCH[models.engine])
     det_limit = (config.text_det_limit_side_len, config.text_det_limit_type)
     # Fixed shapes read a few characters differently (padding): records made without them are not reused.
     settings = fingerprint(models, f"text_recognition_batch_size={rec_batch_size}",

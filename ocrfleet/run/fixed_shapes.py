@@ -4,9 +4,9 @@ onnxruntime's CUDA provider re-plans its convolutions whenever an input's shape 
 call's. Measured on an H200 (issue 13): recognizing 6 lines takes 4 ms at one fixed shape and ~200 ms when
 the width follows each batch's widest line; detection 5 ms at a fixed 960x736 against 72 ms at each page's
 own size. So each input is padded bottom/right (a page with its background, lines with zeros as PaddleOCR
-pads them) to one of a few shapes, each shape gets its own onnxruntime session (a session that sees one shape plans once), and every
-output is cropped back to what the unpadded input gives: boxes keep their coordinates, and recognition
-decodes the time steps of the unpadded line, as today.
+pads them) to one of a few shapes, each shape gets its own onnxruntime session (a session that sees one
+shape plans once), and every output is cropped back to what the unpadded input gives: boxes keep their
+coordinates, and recognition decodes the time steps of the unpadded line, as today.
 
 This wraps the runners of PaddleX's detection and recognition predictors; their pre- and post-processing,
 line sorting and batching stay PaddleOCR's. Recognition batches hold one page's lines (PaddleOCR recognizes
@@ -31,6 +31,7 @@ def det_sides(limit_side_len: int | None) -> tuple[int, ...]:
     if limit_side_len is None:
         return ()
     long = math.ceil(limit_side_len / 32) * 32
+    # 0.77 of 960 is 736: it holds A4 (672 px) and US Letter (736 px) portrait pages' short sides at 960.
     return (max(32, int(long * 0.77) // 32 * 32), long)
 
 
