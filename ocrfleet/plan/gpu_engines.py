@@ -6,6 +6,7 @@ provider really loads; when neither can, the caller falls back to CPU (or refuse
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import re
 import subprocess
@@ -56,6 +57,11 @@ def onnxruntime_gpu_problem() -> str | None:
         both = " (onnxruntime and onnxruntime-gpu are both installed and the CPU build's files won)" \
             if _installed("onnxruntime") and _installed("onnxruntime-gpu") else ""
         return f"the installed onnxruntime has no CUDAExecutionProvider{both}; {ORT_CUDA_HINT}"
+    return _session_problem()
+
+
+@functools.cache  # a run asks twice (preflight, plan); the answer holds for the process
+def _session_problem() -> str | None:
     try:
         probe = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=180)
     except subprocess.TimeoutExpired:
