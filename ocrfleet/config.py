@@ -8,6 +8,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ocrfleet.config_schema import DEVICES_PATTERN, OUTPUT_DIR_PATTERN, job_schema_rules
 from ocrfleet.plan.models import DET_LIMIT
 from ocrfleet.inputs.storage import check_protocol, is_url, local_path
 
@@ -19,7 +20,8 @@ class ConfigError(ValueError):
 class JobConfig(BaseModel):
     """Everything a run needs; frozen, unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # The schema states the validators' checks too: Prefect refuses a bad parameter before creating a run.
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=job_schema_rules)
 
     inputs: tuple[str, ...] = Field(
         (), description="Image, PDF and TIFF files (a page range as `scan.pdf[1-5,8]`, 1-based), directories "
@@ -28,7 +30,8 @@ class JobConfig(BaseModel):
         "Required unless only_failed is set.",
     )
     output_dir: Path = Field(..., description="Run directory: plan, records, results, summary. A POSIX path "
-                             "(local disk or NFS), never an object store: see publish_to.")
+                             "(local disk or NFS), never an object store: see publish_to.",
+                             json_schema_extra={"pattern": OUTPUT_DIR_PATTERN})
     publish_to: str | None = Field(
         None, description="After a valid run, copy its outputs (results, failures, parquet, text/, pages/, vis/; "
         "summary.json last) to this path or fsspec URL (s3://bucket/ocr/run1, file:///nfs/results).",
@@ -54,6 +57,7 @@ class JobConfig(BaseModel):
     devices: str = Field(
         "auto",
         description="'auto' (all visible GPUs, else 1 CPU worker), 'gpu', 'gpu:0,2,3', 'cpu' or 'cpu:N'.",
+        json_schema_extra={"pattern": DEVICES_PATTERN},
     )
     exclude: tuple[int, ...] = Field((), description="NVML indices of GPUs never to use.")
     min_free_memory_mb: int = Field(

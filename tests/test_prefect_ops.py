@@ -125,7 +125,7 @@ def test_reprocessing_only_the_failed_pages_of_a_run_through_the_server(deployed
     assert wait_for_state(deployed, run_id, {"COMPLETED", "FAILED", "CRASHED"}, 240)["state_type"] == "COMPLETED"
     broken.write_bytes((word_pages / "beta.png").read_bytes())  # the file got fixed upstream
     redo = tmp_path / "redo"
-    run_id = trigger_adhoc(deployed, home, {"derived_from": str(first), "only_failed": True,
+    run_id = trigger_adhoc(deployed, home, {"inputs": [], "derived_from": str(first), "only_failed": True,
                                             "only_error_classes": ["NotAnImage"], "output_dir": str(redo),
                                             "devices": "cpu:1"})
     run = wait_for_state(deployed, run_id, {"COMPLETED", "FAILED", "CRASHED"}, 240)
@@ -136,11 +136,14 @@ def test_reprocessing_only_the_failed_pages_of_a_run_through_the_server(deployed
     assert json.loads((redo / "summary.json").read_text())["derived_from"] == str(first)
 
 
-def test_bad_parameters_are_refused_before_a_run_is_created(deployed, home, tmp_path):
+@pytest.mark.parametrize("bad, named", [({"workers_per_device": 0}, "workers_per_device"),
+                                        ({"devices": "tpu:3"}, "devices"), ({"devices": "gpu:1,1"}, "devices"),
+                                        ({"output_dir": "s3://bucket/run"}, "output_dir"),
+                                        ({"inputs": []}, "inputs")])
+def test_bad_parameters_are_refused_before_a_run_is_created(deployed, home, tmp_path, bad, named):
     before = len(api_call(deployed, "flow_runs/filter", {}))
-    with pytest.raises(RuntimeError, match="workers_per_device"):
-        trigger_adhoc(deployed, home, {"inputs": ["samples/pages"], "output_dir": str(tmp_path),
-                                       "workers_per_device": 0})
+    with pytest.raises(RuntimeError, match=named):
+        trigger_adhoc(deployed, home, {"inputs": ["samples/pages"], "output_dir": str(tmp_path), **bad})
     assert len(api_call(deployed, "flow_runs/filter", {})) == before
 
 

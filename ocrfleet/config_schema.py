@@ -1,0 +1,39 @@
+"""The checks of `JobConfig`'s validators, restated as JSON Schema for the parameter schema Prefect enforces.
+
+Prefect validates a deployment's parameters against this schema before it creates a flow run, and the
+UI's form reads it: a value the config would refuse is then refused up front, with no run created.
+Python keeps its own validators (clearer messages); tests hold the two to the same answers. Patterns are
+written for Python's `re` (jsonschema) and ECMAScript (the UI) alike: no inline flags, so cases are spelt out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_AUTO, _GPU, _CPU = "[aA][uU][tT][oO]", "[gG][pP][uU]", "[cC][pP][uU]"
+# A GPU id list that names one id twice (as integers: 0 and 00 are the same GPU).
+_REPEATED_ID = r"(?!(?:.*,)?\s*0*(\d+)\s*,(?:.*,)?\s*0*\1\s*(?:,|$))"
+
+# What ocrfleet.plan.devices.parse_devices accepts: auto, gpu, gpu:0,2,3 (no id twice), cpu, cpu:N (N >= 1).
+DEVICES_PATTERN = (rf"^\s*(?:{_AUTO}|{_GPU}(?::{_REPEATED_ID}\s*\d+\s*(?:,\s*\d+\s*)*)?|{_CPU}(?::0*[1-9]\d*)?)\s*$")
+
+# A POSIX path, or a file:// URL naming one on this machine; never another scheme's URL (an object store).
+OUTPUT_DIR_PATTERN = r"^(?:(?![A-Za-z][A-Za-z0-9+.-]*://)|[fF][iI][lL][eE]://(?:[lL][oO][cC][aA][lL][hH][oO][sS][tT])?/)"
+
+
+def job_schema_rules(schema: dict[str, Any]) -> None:
+    """The cross-field rules of `JobConfig._something_to_do` that JSON Schema can state, added to its schema.
+
+    `inputs` is required (the form marks it so); only a reprocessing of failed pages (only_failed) may
+    leave it empty, and that needs derived_from. only_error_classes needs only_failed.
+    """
+    schema.setdefault("required", [])
+    if "inputs" not in schema["required"]:
+        schema["required"].insert(0, "inputs")
+    schema["properties"]["inputs"].pop("default", None)
+    only_failed = {"properties": {"only_failed": {"const": True}}, "required": ["only_failed"]}
+    schema["allOf"] = [{
+        "if": only_failed,
+        "then": {"required": ["derived_from"], "properties": {"derived_from": {"type": "string", "minLength": 1}}},
+        "else": {"properties": {"inputs": {"minItems": 1}, "only_error_classes": {"maxItems": 0}}},
+    }]
