@@ -6,7 +6,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.futures import wait
 from prefect.runtime import flow_run
-from prefect.states import Cancelled
+from prefect.states import Cancelled, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from ocrfleet.tasks.cancel_watch import CancelWatch
@@ -14,8 +14,9 @@ from ocrfleet.config import JobConfig
 from ocrfleet.run.launch import abort_run, reset_run
 from ocrfleet.run.lock import hold_devices, hold_run_dir
 from ocrfleet.tasks.ocr_tasks import plan_run, publish_outputs, reduce_shards, run_shard
-from ocrfleet.tasks.reporting import ProgressReporter, publish_summary
+from ocrfleet.tasks.reporting import ProgressReporter, publish_cancelled, publish_summary
 from ocrfleet.reduce.summary import RunSummary
+from ocrfleet.run.progress import RecordCounter
 
 
 class RunInvalid(RuntimeError):
@@ -32,7 +33,7 @@ def ocr_run(config: JobConfig) -> RunSummary:
     with hold_run_dir(run_dir, holder):
         reset_run(run_dir)  # an earlier run in this process may have stopped its workers: this one starts unblocked
         # From here on a cancel stops the workers (those running and any yet to start) and ends the run.
-        with CancelWatch(lambda why: abort_run(run_dir, why)) as cancel:
+        with CancelWatch(lambda why: abort_run(run_dir, why, cancelled=True)) as cancel:
             plan = plan_run(config)
             progress = ProgressReporter(plan.pages_total - plan.pages_skipped, len(plan.shards))
             with hold_devices([spec.device for spec in plan.shards], holder, say=get_run_logger().warning):
@@ -49,9 +50,13 @@ def ocr_run(config: JobConfig) -> RunSummary:
                 if summary.valid and config.publish_to:
                     publish_outputs(run_dir, config.publish_to)
     if cancel.cancelled.is_set():  # Completed or Failed would be refused after a cancel: the run stays Cancelling
+        recorded = RecordCounter(run_dir).count()
+        progress.finish(recorded)
+        publish_cancelled(plan, recorded)
         return Cancelled(message="run cancelled; its workers are stopped, and a rerun resumes from the records written")
     progress.finish(sum(shard.records for shard in summary.shards))
     publish_summary(summary, plan)
-    if not summary.valid:
-        raise RunInvalid(summary.verdict())
+    if not summary.valid:  # an outcome, said once at ERROR by reduce: a state with its verdict, no traceback
+        verdict = f"{summary.verdict()}; see {run_dir / 'summary.json'}"
+        return Failed(message=verdict, data=RunInvalid(verdict))
     return summary

@@ -24,7 +24,7 @@ from ocrfleet.plan.placement import place
 from ocrfleet.run.progress import ProgressBar
 from ocrfleet.reduce.publish import is_published, publish
 from ocrfleet.inputs.storage import is_url
-from ocrfleet.reduce.summary import up_to_date
+from ocrfleet.reduce.summary import counted, up_to_date
 
 _EXPECTED = (ConfigError, DeviceError, InputError, RunDirBusy)
 _FLOW_COMMANDS = ("run", "reprocess", "corpus")  # commands that run a Prefect flow in this process
@@ -133,7 +133,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     for warning in plan.warnings:
         print(f"WARNING: {warning}")
     done = f" ({plan.pages_skipped} already done, skipped)" if plan.pages_skipped else ""
-    print(f"{plan.pages_total} pages{done}, {len(plan.shards)} shards, engine {plan.models.engine}, "
+    print(f"{counted(plan.pages_total, 'page')}{done}, {counted(len(plan.shards), 'shard')}, "
+          f"engine {plan.models.engine}, "
           f"{plan.threads_per_worker} thread(s) per worker")
     for spec in plan.shards:
         env = " ".join(f"{key}={value!r}" for key, value in sorted(spec.env.items()) if "THREADS" not in key)

@@ -15,6 +15,11 @@ from ocrfleet.plan.planning import Plan, make_plan, pages_to_do, read_manifest, 
 from ocrfleet.records import PageRecord, RecordIdentity, ShardReport, complete_lines, write_atomic
 
 
+def counted(count: int, noun: str) -> str:
+    """`1 page`, `2 pages`: a count with its noun in the right number."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 class ShardSummary(BaseModel):
     """One shard's line in `summary.json`."""
 
@@ -50,7 +55,7 @@ class Totals(BaseModel):
         if self.failure_rate > self.max_failure_rate:
             return (f"{self.pages_failed} of {self.pages_planned} pages failed ({self.failure_rate:.1%}), above "
                     f"max_failure_rate={self.max_failure_rate:.1%}; see failures.jsonl")
-        return f"{self.pages_ok} pages ok, {self.pages_failed} failed{self._counted_in()}, no problems"
+        return f"{counted(self.pages_ok, 'page')} ok, {self.pages_failed} failed{self._counted_in()}, no problems"
 
     _kind: ClassVar[str] = "run"
 
