@@ -4,6 +4,7 @@ import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger
+from prefect.exceptions import TerminationSignal
 from prefect.futures import wait
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Failed
@@ -15,6 +16,7 @@ from ocrfleet.run.launch import abort_run, reset_run
 from ocrfleet.run.lock import hold_devices, hold_run_dir
 from ocrfleet.tasks.ocr_tasks import plan_run, publish_outputs, reduce_shards, run_shard
 from ocrfleet.tasks.reporting import ProgressReporter, publish_cancelled, publish_summary
+from ocrfleet.plan.planning import Plan
 from ocrfleet.reduce.summary import RunSummary
 from ocrfleet.run.progress import RecordCounter
 
@@ -30,29 +32,33 @@ def ocr_run(config: JobConfig) -> RunSummary:
     started = time.monotonic()
     run_dir = Path(config.output_dir)
     holder = f"flow run {flow_run.get_name() or flow_run.get_id()}"
-    with hold_run_dir(run_dir, holder):
-        reset_run(run_dir)  # an earlier run in this process may have stopped its workers: this one starts unblocked
-        # From here on a cancel stops the workers (those running and any yet to start) and ends the run.
-        with CancelWatch(lambda why: abort_run(run_dir, why, cancelled=True)) as cancel:
-            plan = plan_run(config)
-            progress = ProgressReporter(plan.pages_total - plan.pages_skipped, len(plan.shards))
-            with hold_devices([spec.device for spec in plan.shards], holder, say=get_run_logger().warning):
-                shard_task = run_shard.with_options(retries=config.shard_retries)
-                futures = [shard_task.submit(run_dir, spec, progress) for spec in plan.shards]
-                wait(futures)
-            if not cancel.cancelled.is_set():
-                shard_errors = {
-                    spec.shard: str(future.state.result(raise_on_failure=False))
-                    for spec, future in zip(plan.shards, futures)
-                    if not future.state.is_completed()
-                }
-                summary = reduce_shards(run_dir, shard_errors, time.monotonic() - started)
-                if summary.valid and config.publish_to:
-                    publish_outputs(run_dir, config.publish_to)
+    plan, progress = None, None
+    try:
+        with hold_run_dir(run_dir, holder):
+            reset_run(run_dir)  # an earlier run in this process may have stopped its workers: this one starts unblocked
+            # From here on a cancel stops the workers (those running and any yet to start) and ends the run.
+            with CancelWatch(lambda why: abort_run(run_dir, why, cancelled=True)) as cancel:
+                plan = plan_run(config)
+                progress = ProgressReporter(plan.pages_total - plan.pages_skipped, len(plan.shards))
+                with hold_devices([spec.device for spec in plan.shards], holder, say=get_run_logger().warning):
+                    shard_task = run_shard.with_options(retries=config.shard_retries)
+                    futures = [shard_task.submit(run_dir, spec, progress) for spec in plan.shards]
+                    wait(futures)
+                if not cancel.cancelled.is_set():
+                    shard_errors = {
+                        spec.shard: str(future.state.result(raise_on_failure=False))
+                        for spec, future in zip(plan.shards, futures)
+                        if not future.state.is_completed()
+                    }
+                    summary = reduce_shards(run_dir, shard_errors, time.monotonic() - started)
+                    if summary.valid and config.publish_to:
+                        publish_outputs(run_dir, config.publish_to)
+    except TerminationSignal:  # the runner stops a cancelled run by SIGTERM, maybe before the watch saw it
+        if plan is not None:
+            _publish_stopped(run_dir, plan, progress)
+        raise
     if cancel.cancelled.is_set():  # Completed or Failed would be refused after a cancel: the run stays Cancelling
-        recorded = RecordCounter(run_dir).count()
-        progress.finish(recorded)
-        publish_cancelled(plan, recorded)
+        _publish_stopped(run_dir, plan, progress)
         return Cancelled(message="run cancelled; its workers are stopped, and a rerun resumes from the records written")
     progress.finish(sum(shard.records for shard in summary.shards))
     publish_summary(summary, plan)
@@ -60,3 +66,11 @@ def ocr_run(config: JobConfig) -> RunSummary:
         verdict = f"{summary.verdict()}; see {run_dir / 'summary.json'}"
         return Failed(message=verdict, data=RunInvalid(verdict))
     return summary
+
+
+def _publish_stopped(run_dir: Path, plan: Plan, progress: ProgressReporter | None) -> None:
+    """What a cancelled run finished: the progress artifact at its true count, and a cancelled summary."""
+    recorded = RecordCounter(run_dir).count()
+    if progress is not None:
+        progress.finish(recorded)
+    publish_cancelled(plan, recorded)

@@ -18,7 +18,8 @@ _REPEATED_ID = r"(?!(?:.*,)?\s*0*(\d+)\s*,(?:.*,)?\s*0*\1\s*(?:,|$))"
 DEVICES_PATTERN = (rf"^\s*(?:{_AUTO}|{_GPU}(?::{_REPEATED_ID}\s*\d+\s*(?:,\s*\d+\s*)*)?|{_CPU}(?::0*[1-9]\d*)?)\s*$")
 
 # A POSIX path, or a file:// URL naming one on this machine; never another scheme's URL (an object store).
-OUTPUT_DIR_PATTERN = r"^(?:(?![A-Za-z][A-Za-z0-9+.-]*://)|[fF][iI][lL][eE]://(?:[lL][oO][cC][aA][lL][hH][oO][sS][tT])?/)"
+_LOCALHOST = "[lL][oO][cC][aA][lL][hH][oO][sS][tT]"
+OUTPUT_DIR_PATTERN = rf"^(?:(?![A-Za-z][A-Za-z0-9+.-]*://)|[fF][iI][lL][eE]://(?:{_LOCALHOST})?/)"
 
 
 def job_schema_rules(schema: dict[str, Any]) -> None:

@@ -7,7 +7,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Cancelled, State
 
 from ocrfleet.config import JobConfig
-from ocrfleet.run.launch import NotRetryable, RunCancelled, run_worker
+from ocrfleet.run.launch import NotRetryable, RunCancelled, WorkerStopped, run_worker
 from ocrfleet.plan.planning import Plan, ShardPlan, place_for, prepare_run, shard_paths
 from ocrfleet.reduce.publish import publish
 from ocrfleet.tasks.reporting import ProgressReporter
@@ -38,7 +38,8 @@ def _worth_retrying(task, task_run, state) -> bool:
 def run_shard(run_dir: Path, spec: ShardPlan, progress: ProgressReporter | None = None) -> State | None:
     """Run one shard's worker subprocess to the end; raise so Prefect retries (the worker resumes).
 
-    A cancelled run's shard ends Cancelled (its records so far are kept for a rerun), not Failed.
+    A cancelled run's shard ends Cancelled (its records so far are kept for a rerun), not Failed; so does one
+    whose worker was stopped by a signal from outside (the cancel's SIGTERM to the process group).
     """
     logger = get_run_logger()
     if shard_paths(run_dir, spec.shard)["done"].exists():
@@ -52,7 +53,7 @@ def run_shard(run_dir: Path, spec: ShardPlan, progress: ProgressReporter | None 
 
     try:
         run_worker(run_dir, spec, sink=sink)
-    except RunCancelled as exc:
+    except (RunCancelled, WorkerStopped) as exc:
         logger.info("%s", exc)
         return Cancelled(message=str(exc))
     return None

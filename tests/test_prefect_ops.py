@@ -170,6 +170,13 @@ def test_cancelling_an_adhoc_run_stops_every_worker_process(deployed, worker, ho
                              timeout_s=30)
         assert run["state_type"] == "CANCELLED", worker.read_text()[-4000:]
         assert not (out / "results.jsonl").exists()  # stopped before reduce
+        # Its shards end Cancelled, not Failed, and it says what it finished and how to resume.
+        shards = [task for task in api_call(deployed, "task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
+                  if task["name"].startswith("run-shard")]
+        assert sorted(task["state_type"] for task in shards) == ["CANCELLED", "CANCELLED"], \
+            [task["state"]["message"] for task in shards]
+        [summary] = [a["data"] for a in run_artifacts(deployed, flow_run_id) if a["key"] == "ocrfleet-summary"]
+        assert "# ocrfleet run: cancelled" in summary and " left.**" in summary and "## Resume" in summary
 
         # The same run again resumes: the lock the cancelled run held is free, finished pages are kept.
         written = sum(len(path.read_text().splitlines()) for path in (out / "records").glob("*.jsonl"))
