@@ -47,7 +47,7 @@ def _config(args: argparse.Namespace) -> JobConfig:
         args.config, inputs=tuple(args.inputs) or None, output_dir=args.output_dir, devices=args.devices,
         workers_per_device=args.workers_per_device, engine=args.engine,
         max_failure_rate=args.max_failure_rate, threads_per_worker=args.threads_per_worker,
-        publish_to=args.publish_to,
+        publish_to=args.publish_to, retry_failed=getattr(args, "retry_failed", False) or None,
     )
 
 
@@ -222,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="plan, OCR on every device, reduce; exit 0 only for a valid run")
     _job_arguments(run)
+    run.add_argument("--retry-failed", action="store_true",
+                     help="do the failed pages of the output dir again, keep every ok one; results.jsonl is updated "
+                     "in place and summary.json says what was retried")
     run.set_defaults(handler=cmd_run)
     plan = commands.add_parser("plan", help="show shards, devices and worker environments; start nothing")
     _job_arguments(plan)

@@ -107,6 +107,11 @@ class JobConfig(BaseModel):
         None, description="Reprocessing: the earlier run dir this run redoes pages of (shown in summary.json)."
     )
     only_failed: bool = Field(False, description="Reprocessing: only the failed pages of derived_from.")
+    retry_failed: bool = Field(
+        False, description="Do the pages whose record in output_dir failed again and keep every ok one: "
+        "results.jsonl is updated in place, summary.json says what was retried, and the earlier failed records "
+        "stay in retried/NNNNN.jsonl. Same inputs and output_dir as the run being retried.",
+    )
     only_error_classes: tuple[str, ...] = Field(
         (), description="With only_failed: only failures of these classes (e.g. WorkerCrashed); all when empty."
     )
@@ -124,6 +129,9 @@ class JobConfig(BaseModel):
     def _something_to_do(self) -> JobConfig:
         if self.only_failed and self.derived_from is None:
             raise ValueError("only_failed needs derived_from: the run whose failed pages to redo")
+        if self.retry_failed and self.only_failed:
+            raise ValueError("retry_failed redoes failed pages in output_dir itself; only_failed reprocesses "
+                             "derived_from's into a new output dir: set one of them")
         if self.only_error_classes and not self.only_failed:
             raise ValueError("only_error_classes applies to only_failed reprocessing; set only_failed too")
         if not self.inputs and not self.only_failed:

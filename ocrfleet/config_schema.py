@@ -26,15 +26,17 @@ def job_schema_rules(schema: dict[str, Any]) -> None:
     """The cross-field rules of `JobConfig._something_to_do` that JSON Schema can state, added to its schema.
 
     `inputs` is required (the form marks it so); only a reprocessing of failed pages (only_failed) may
-    leave it empty, and that needs derived_from. only_error_classes needs only_failed.
+    leave it empty, and that needs derived_from and excludes retry_failed. only_error_classes needs only_failed.
     """
     schema.setdefault("required", [])
     if "inputs" not in schema["required"]:
         schema["required"].insert(0, "inputs")
     schema["properties"]["inputs"].pop("default", None)
     only_failed = {"properties": {"only_failed": {"const": True}}, "required": ["only_failed"]}
+    retry_failed = {"properties": {"retry_failed": {"const": True}}, "required": ["retry_failed"]}
     schema["allOf"] = [{
         "if": only_failed,
-        "then": {"required": ["derived_from"], "properties": {"derived_from": {"type": "string", "minLength": 1}}},
+        "then": {"required": ["derived_from"], "properties": {"derived_from": {"type": "string", "minLength": 1}},
+                 "not": retry_failed},
         "else": {"properties": {"inputs": {"minItems": 1}, "only_error_classes": {"maxItems": 0}}},
     }]

@@ -23,6 +23,7 @@ CASES = [
     {"inputs": []}, {"inputs": None}, {"only_error_classes": ["NotAnImage"]},
     {"inputs": [], "only_failed": True}, {"inputs": [], "only_failed": True, "derived_from": "/data/first"},
     {"inputs": [], "only_failed": True, "derived_from": "/data/first", "only_error_classes": ["NotAnImage"]},
+    {"retry_failed": True}, {"inputs": [], "only_failed": True, "derived_from": "/data/first", "retry_failed": True},
     {"text_recognition_batch_size": None}, {"text_recognition_batch_size": 0}, {"pdf_dpi": 20},
 ]
 

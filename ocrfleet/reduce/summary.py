@@ -11,7 +11,8 @@ from pydantic import BaseModel, ValidationError
 from ocrfleet.plan.ledger import CARRIED
 from ocrfleet.reduce.outputs import write_outputs
 from ocrfleet.config import JobConfig
-from ocrfleet.plan.planning import Plan, make_plan, pages_to_do, read_manifest, read_plan, shard_paths
+from ocrfleet.plan.planning import (Plan, make_plan, pages_to_do, read_manifest, read_plan, retried_path,
+                                    shard_paths)
 from ocrfleet.records import PageRecord, RecordIdentity, ShardReport, complete_lines, write_atomic
 
 
@@ -63,13 +64,30 @@ class Totals(BaseModel):
         return ""
 
 
+class Retried(BaseModel):
+    """What a retry of failed pages redid (retry_failed in place, or only_failed into a new output dir)."""
+
+    pages: int  # pages whose earlier record failed, done again
+    still_failed: int  # of them, failed again
+    earlier_records: str  # where their earlier failed records are kept
+
+    def sentence(self) -> str:
+        return (f"retried {counted(self.pages, 'failed page')}: {self.pages - self.still_failed} now ok, "
+                f"{self.still_failed} still failed (earlier records: {self.earlier_records})")
+
+
 class RunSummary(Totals):
     """`summary.json`: counts, per-shard figures, warnings and the problems that make a run invalid."""
 
     run_dir: str
     derived_from: str | None = None  # reprocessing: the earlier run this one redid pages of
     pages_skipped: int  # done by an earlier run with the same file content and settings: not redone
+    retried: Retried | None = None
     shards: list[ShardSummary]
+
+    def verdict(self) -> str:
+        said = super().verdict()
+        return f"{said}; {self.retried.sentence()}" if self.retried else said
 
 
 R = TypeVar("R", bound=RecordIdentity)
@@ -112,6 +130,7 @@ def reduce_run(run_dir: Path, shard_errors: dict[int, str] | None = None, wall_s
         records = [PageRecord.model_validate_json(line) for _, line in entries]
         write_outputs(run_dir, records, config.outputs, dpi=config.pdf_dpi, max_pixels=config.max_image_pixels)
     summary = _summarize(run_dir, plan, entries, failed, shards, problems, warnings, wall_s)
+    summary.retried = _retried(run_dir, plan, failed)
     write_atomic(run_dir / "summary.json", summary.model_dump_json(indent=2) + "\n")
     return summary
 
@@ -128,6 +147,19 @@ def _summarize(run_dir: Path, plan: Plan, records: list[Entry], failed: list[Ent
         max_failure_rate=plan.config.max_failure_rate, failures_by_class=dict(sorted(by_class.items())),
         wall_s=round(wall_s, 3) if wall_s is not None else None, shards=shards,
         warnings=warnings, problems=problems)
+
+
+def _retried(run_dir: Path, plan: Plan, failed: list[Entry]) -> Retried | None:
+    """What this run redid of earlier failures: in place (retry_failed) or as a reprocessing (only_failed)."""
+    if plan.config.only_failed:
+        return Retried(pages=plan.pages_total, still_failed=len(failed),
+                       earlier_records=str(Path(plan.config.derived_from) / "failures.jsonl"))
+    if not plan.pages_retried:
+        return None
+    path = retried_path(run_dir, plan.retry_round)
+    keys = {RecordIdentity.model_validate_json(line).key for line in complete_lines(path)}
+    return Retried(pages=plan.pages_retried, still_failed=sum(identity.key in keys for identity, _ in failed),
+                   earlier_records=str(path))
 
 
 def _placement_problems(plan: Plan, shards: list[ShardSummary]) -> list[str]:
