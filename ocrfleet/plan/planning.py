@@ -100,7 +100,6 @@ class Planned(NamedTuple):
     plan: Plan
     shard_pages: list[ShardPages]
     reused: list[Prior]
-    retried: list[Prior] = []  # retry_failed: the failed records of the pages planned again
 
 
 def page_settings(settings: str, config: JobConfig, page: PageRef | Page) -> str:
@@ -147,7 +146,7 @@ def make_plan(config: JobConfig, placement: Placement | None = None) -> Planned:
                 pages_total=len(candidates), pages_skipped=len(reused), pages_retried=len(retried),
                 retry_round=retry_round(Path(config.output_dir)) if retried else 0, shards=shards,
                 warnings=tuple(placement.warnings), versions=_versions())
-    return Planned(plan, shard_pages, reused, retried)
+    return Planned(plan, shard_pages, reused)
 
 
 def pages_to_do(config: JobConfig, settings: str) -> tuple[list[Page], list[Page], list[Prior]]:
@@ -304,11 +303,12 @@ def write_plan(run_dir: Path, planned: Planned) -> None:
     `carried.jsonl` before its files go, and the next run plans again from whatever is there.
     """
     carried = sorted(planned.reused, key=lambda prior: prior.identity.key)
-    write_atomic(run_dir / CARRIED, "".join(prior.line + "\n" for prior in carried))
-    if planned.retried:  # the history of a retry: the failed records it redoes, kept beside the run
+    if planned.plan.pages_retried:  # the history of a retry: the failed records it redoes, kept beside the run
+        retried = failed_before(run_dir, [page for pages in planned.shard_pages for page in pages.pages])
         path = retried_path(run_dir, planned.plan.retry_round)
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, "".join(prior.line + "\n" for prior in planned.retried))
+        write_atomic(path, "".join(prior.line + "\n" for prior in retried))
+    write_atomic(run_dir / CARRIED, "".join(prior.line + "\n" for prior in carried))
     for name in _GENERATION:
         shutil.rmtree(run_dir / name, ignore_errors=True)
     for shard, pages in enumerate(planned.shard_pages):
