@@ -208,12 +208,20 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from ocrfleet.tasks.deploy import deploy
+    from ocrfleet.tasks.deploy import PREFECT_FILE, deploy, unset_schedules
 
     root = Path(__file__).resolve().parents[1]  # a checkout (or editable install): deployments/ lives there
     pools = deploy(root, api_url=args.api_url)
-    print(f"ocrfleet: work pools {', '.join(pools)} and the deployments of {root / 'deployments' / 'prefect.yaml'} "
-          f"are in place; start a worker on each GPU machine: prefect worker start --pool {pools[0]} --limit 1")
+    print(f"ocrfleet: work pools {', '.join(pools)} and the deployments of {root / PREFECT_FILE} are in place.\n"
+          f"  GPU machines: start one worker on each, from a checkout at this same path ({root}):\n"
+          f"    prefect worker start --pool {pools[0]} --limit 1\n"
+          "  corpus runs need one control worker (any machine, no GPU; same checkout path and shared storage):\n"
+          "    prefect worker start --pool ocrfleet-control --name control\n"
+          "  stop a worker with Ctrl-C (or SIGTERM) when it has no run in flight; see docs/prefect.md section 3.")
+    for name, why in unset_schedules(root / PREFECT_FILE).items():
+        print(f"ocrfleet: the {name} schedule (02:00 UTC) is deployed INACTIVE: its paths are not set for this "
+              f"installation ({why}). Set inputs and output_dir in {root / PREFECT_FILE} and run `ocrfleet deploy` "
+              f"again, or edit them in the UI (Deployments > ocrfleet/{name} > Edit) and turn the schedule on there.")
     return 0
 
 

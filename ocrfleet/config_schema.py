@@ -17,9 +17,11 @@ _REPEATED_ID = r"(?!(?:.*,)?\s*0*(\d+)\s*,(?:.*,)?\s*0*\1\s*(?:,|$))"
 # What ocrfleet.plan.devices.parse_devices accepts: auto, gpu, gpu:0,2,3 (no id twice), cpu, cpu:N (N >= 1).
 DEVICES_PATTERN = (rf"^\s*(?:{_AUTO}|{_GPU}(?::{_REPEATED_ID}\s*\d+\s*(?:,\s*\d+\s*)*)?|{_CPU}(?::0*[1-9]\d*)?)\s*$")
 
-# A POSIX path, or a file:// URL naming one on this machine; never another scheme's URL (an object store).
+# An absolute POSIX path, or a file:// URL naming one on this machine; never another scheme's URL (an object
+# store). Stricter than the config, on purpose: a deployment's run starts in the worker's checkout, where a
+# relative output_dir would write silently.
 _LOCALHOST = "[lL][oO][cC][aA][lL][hH][oO][sS][tT]"
-OUTPUT_DIR_PATTERN = rf"^(?:(?![A-Za-z][A-Za-z0-9+.-]*://)|[fF][iI][lL][eE]://(?:{_LOCALHOST})?/)"
+OUTPUT_DIR_PATTERN = rf"^(?:/|[fF][iI][lL][eE]://(?:{_LOCALHOST})?/)"
 
 
 def job_schema_rules(schema: dict[str, Any]) -> None:

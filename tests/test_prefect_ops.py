@@ -78,9 +78,34 @@ def test_deploy_creates_the_pool_and_both_deployments_and_is_idempotent(deployed
         assert set(deployment["parameter_openapi_schema"]["properties"]) == {"config"}
     assert api_call(deployed, "work_pools/ocrfleet-control")["type"] == "process"
     [schedule] = found["nightly"]["schedules"]
-    assert schedule["active"] and schedule["schedule"]["cron"] == "0 2 * * *"
-    assert schedule["schedule"]["timezone"] == "UTC"
+    assert schedule["schedule"]["cron"] == "0 2 * * *" and schedule["schedule"]["timezone"] == "UTC"
+    assert "UTC" in found["nightly"]["description"]
     assert found["adhoc"]["schedules"] == []
+    assert found["adhoc"]["parameters"] == {}  # no default output_dir: a quick run never writes into the checkout
+
+
+def test_deploy_leaves_no_schedule_active_whose_inputs_are_not_on_this_machine(deployed, tmp_path):
+    # The example's /data/scans is not on a test machine: the nightly schedule is deployed inactive.
+    for deployment in deployments(deployed).values():
+        for schedule in deployment["schedules"]:
+            inputs = deployment["parameters"]["config"]["inputs"]
+            assert not schedule["active"] or all(Path(path).exists() for path in inputs), deployment["name"]
+    assert not deployments(deployed)["nightly"]["schedules"][0]["active"]
+
+    # Set for this installation (inputs there, output_dir's parent there): deployed active.
+    root = tmp_path / "site"
+    (root / "deployments").mkdir(parents=True)
+    (tmp_path / "scans").mkdir()
+    text = (ROOT / "deployments" / "prefect.yaml").read_text()
+    text = text.replace('inputs: ["/data/scans"]\n        output_dir: /data/ocr/nightly',
+                        f'inputs: ["{tmp_path / "scans"}"]\n        output_dir: {tmp_path / "nightly"}')
+    (root / "deployments" / "prefect.yaml").write_text(text)
+    deploy(root, api_url=deployed)
+    try:
+        nightly = deployments(deployed)["nightly"]
+        assert nightly["schedules"][0]["active"] and nightly["parameters"]["config"]["inputs"] == [str(tmp_path / "scans")]
+    finally:
+        deploy(ROOT, api_url=deployed)  # the module's other tests use the checkout's deployments
 
 
 def test_deploy_against_an_unreachable_server_says_what_to_do():
