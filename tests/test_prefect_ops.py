@@ -108,6 +108,20 @@ def test_deploy_leaves_no_schedule_active_whose_inputs_are_not_on_this_machine(d
         deploy(ROOT, api_url=deployed)  # the module's other tests use the checkout's deployments
 
 
+def test_the_deploy_command_names_both_pools_workers_and_an_inactive_schedule(deployed, home):
+    import subprocess
+    import sys
+
+    from tests.prefect_server import quiet_env
+
+    done = subprocess.run([sys.executable, "-m", "ocrfleet.cli", "deploy", "--api-url", deployed], cwd=ROOT,
+                          env=quiet_env(home), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "prefect worker start --pool ocrfleet --limit 1" in done.stdout
+    assert "prefect worker start --pool ocrfleet-control" in done.stdout and str(ROOT) in done.stdout
+    assert "nightly schedule (02:00 UTC) is deployed INACTIVE" in done.stdout and "/data/scans" in done.stdout
+
+
 def test_deploy_against_an_unreachable_server_says_what_to_do():
     with pytest.raises(DeployError, match=r"unreachable .*prefect server start") as raised:
         deploy(ROOT, api_url=f"http://127.0.0.1:{free_port()}/api")
