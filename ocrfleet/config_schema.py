@@ -30,6 +30,8 @@ def job_schema_rules(schema: dict[str, Any]) -> None:
     `inputs` is required (the form marks it so); only a reprocessing of failed pages (only_failed) may
     leave it empty, and that needs derived_from and excludes retry_failed. only_error_classes needs only_failed.
     """
+    for name, prop in schema["properties"].items():
+        schema["properties"][name] = _plain_optional(prop)
     schema.setdefault("required", [])
     if "inputs" not in schema["required"]:
         schema["required"].insert(0, "inputs")
@@ -42,3 +44,18 @@ def job_schema_rules(schema: dict[str, Any]) -> None:
                  "not": retry_failed},
         "else": {"properties": {"inputs": {"minItems": 1}, "only_error_classes": {"maxItems": 0}}},
     }]
+
+
+def _plain_optional(prop: dict[str, Any]) -> dict[str, Any]:
+    """A nullable field (`anyOf: [X, null]`, default null) as plain X with no default.
+
+    The UI's form then shows an ordinary input, left empty for null, instead of a choice of types with
+    "Property is type None"; Prefect's validator still accepts an explicit null for a field that is neither
+    required nor defaulted (it adds the null branch back before validating).
+    """
+    branches = prop.get("anyOf") or []
+    if len(branches) != 2 or {"type": "null"} not in branches or prop.get("default", ...) is not None:
+        return prop
+    [value] = [branch for branch in branches if branch != {"type": "null"}]
+    rest = {key: item for key, item in prop.items() if key not in ("anyOf", "default")}
+    return {**value, **rest}

@@ -54,3 +54,11 @@ def test_a_relative_output_dir_is_refused_for_runs_through_a_deployment():
     """Stricter than the config on purpose: a deployment's run would write into the worker's checkout."""
     assert config_accepts({**GOOD, "output_dir": "out/adhoc"})
     assert not schema_accepts({**GOOD, "output_dir": "out/adhoc"})
+
+
+def test_fields_that_default_to_null_show_as_plain_inputs_and_still_take_null():
+    properties = SCHEMA["definitions"]["JobConfig"]["properties"]
+    assert "anyOf" not in properties["text_recognition_batch_size"] and "default" not in properties["publish_to"]
+    assert properties["text_recognition_batch_size"]["type"] == "integer"
+    assert schema_accepts({**GOOD, "publish_to": None, "text_recognition_batch_size": None})
+    assert not schema_accepts({**GOOD, "text_recognition_batch_size": 0})
