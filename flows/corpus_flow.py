@@ -16,6 +16,7 @@ from ocrfleet.corpus import ChunkPlan, ChunkRun, CorpusConfig, CorpusSummary
 from ocrfleet.tasks.corpus_tasks import cancel_chunk_runs, plan_chunks, reduce_chunks, reset_corpus, run_chunk, stop_corpus
 from ocrfleet.run.lock import hold_run_dir
 from ocrfleet.tasks.ocr_tasks import publish_outputs
+from ocrfleet.tasks.policy_check import check_allowed
 from ocrfleet.tasks.reporting import ProgressReporter, publish_corpus_summary
 
 
@@ -40,6 +41,7 @@ def _count(progress: ProgressReporter, spec: ChunkPlan, done: PrefectFuture) -> 
       on_cancellation=[stop_chunks], on_crashed=[stop_chunks])
 def corpus_run(config: CorpusConfig) -> CorpusSummary:
     """OCR a corpus in chunks spread over every machine's worker; fail unless each page has exactly one record."""
+    check_allowed(config.job)  # before anything is created: a run outside the machine's allowed roots fails here
     started = time.monotonic()
     holder = f"corpus flow run {flow_run.get_name() or flow_run.get_id()}"
     corpus_flow_run_id, logger = UUID(flow_run.get_id()), get_run_logger()

@@ -14,6 +14,7 @@ from ocrfleet.tasks.cancel_watch import CancelWatch
 from ocrfleet.config import JobConfig
 from ocrfleet.run.launch import abort_run, reset_run
 from ocrfleet.run.lock import hold_devices, hold_run_dir
+from ocrfleet.tasks.policy_check import check_allowed
 from ocrfleet.tasks.ocr_tasks import plan_run, publish_outputs, reduce_shards, run_shard
 from ocrfleet.tasks.reporting import ProgressReporter, publish_cancelled, publish_summary
 from ocrfleet.plan.planning import Plan
@@ -29,6 +30,7 @@ class RunInvalid(RuntimeError):
 @flow(name="ocrfleet", task_runner=ThreadPoolTaskRunner(max_workers=512), log_prints=True)
 def ocr_run(config: JobConfig) -> RunSummary:
     """OCR every input on every planned device; fail unless each page has exactly one record."""
+    check_allowed(config)  # before anything is created: a run outside the machine's allowed roots fails here
     started = time.monotonic()
     run_dir = Path(config.output_dir)
     holder = f"flow run {flow_run.get_name() or flow_run.get_id()}"

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import gc
-import glob
 import json
 import logging
 import os
@@ -18,15 +18,15 @@ from ocrfleet.config import ConfigError, JobConfig, load_config
 from ocrfleet.tasks.deploy import DeployError
 from ocrfleet.plan.devices import DeviceError, visible_gpus
 from ocrfleet.plan.nvml import NvmlUnavailable, nvml_inventory
-from ocrfleet.inputs.listing import InputError
+from ocrfleet.inputs.listing import InputError, check_inputs
 from ocrfleet.run.lock import RunDirBusy, check_run_dir, hold_run_dir
 from ocrfleet.plan.placement import place
+from ocrfleet.policy import PolicyError, check_run
 from ocrfleet.run.progress import ProgressBar
 from ocrfleet.reduce.publish import is_published, publish
-from ocrfleet.inputs.storage import is_url
 from ocrfleet.reduce.summary import counted, up_to_date
 
-_EXPECTED = (ConfigError, DeviceError, InputError, RunDirBusy)
+_EXPECTED = (ConfigError, DeviceError, InputError, PolicyError, RunDirBusy)
 _FLOW_COMMANDS = ("run", "reprocess", "corpus")  # commands that run a Prefect flow in this process
 
 
@@ -52,21 +52,31 @@ def _config(args: argparse.Namespace) -> JobConfig:
 
 
 def _preflight(config: JobConfig) -> None:
-    """Cheap checks that fail in one line before Prefect starts; listing the inputs is left to the flow."""
+    """Checks that fail in a message before Prefect starts: the inputs are listed (not opened), the devices placed."""
     from ocrfleet.plan.planning import place_for
 
-    for spec in () if config.only_failed else config.inputs:
-        if is_url(spec):
-            continue  # listed through fsspec while planning, in the flow
-        if not (Path(spec).expanduser().exists() or next(glob.iglob(str(Path(spec).expanduser()), recursive=True),
-                                                         None)):
-            raise InputError(f"{spec}: no such file or directory, and no file matches it as a glob pattern")
+    _check_utf8_arguments(config)
+    if not config.only_failed:  # missing files, empty folders, bad manifest rows: exit 2, not a flow's traceback
+        check_inputs(config.inputs, include_globs=config.include_globs, exclude_globs=config.exclude_globs,
+                     manifest_path_column=config.manifest_path_column, leave_out=str(config.output_dir))
     place_for(config)
     check_run_dir(Path(config.output_dir))
 
 
+def _check_utf8_arguments(config: JobConfig) -> None:
+    """A flow's Prefect parameters are JSON text, which cannot carry a name whose bytes are not UTF-8."""
+    for name in (*config.inputs, str(config.output_dir), config.derived_from or ""):
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(f"{name!r}: a name that is not UTF-8 cannot be an argument of a run (its Prefect "
+                             "parameters are JSON text); for an input give its folder, a glob or a .txt manifest "
+                             "instead: files found through them may have any name") from None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     config = getattr(args, "resolved", None) or _config(args)
+    check_run(config)  # the machine's allowed roots, before anything is created
     _preflight(config)
     with hold_run_dir(Path(config.output_dir), "ocrfleet run: up-to-date check"):
         finished = up_to_date(config)
@@ -126,7 +136,9 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from ocrfleet.plan.planning import make_plan
 
-    plan = make_plan(_config(args)).plan
+    config = _config(args)
+    check_run(config)
+    plan = make_plan(config).plan
     if args.json:
         print(plan.model_dump_json(indent=2))
         return 0
@@ -194,6 +206,8 @@ def cmd_corpus(args: argparse.Namespace) -> int:
         config = CorpusConfig.model_validate({k: v for k, v in settings.items() if v is not None})
     except ValidationError as exc:
         raise ConfigError(f"invalid corpus settings: {exc}") from None
+    _check_utf8_arguments(config.job)
+    check_run(config.job)
     check_run_dir(Path(config.job.output_dir))
     from ocrfleet.flows.corpus_flow import corpus_run
 
@@ -223,6 +237,24 @@ def cmd_deploy(args: argparse.Namespace) -> int:
               f"installation ({why}). Set inputs and output_dir in {root / PREFECT_FILE} and run `ocrfleet deploy` "
               f"again, or edit them in the UI (Deployments > ocrfleet/{name} > Edit) and turn the schedule on there.")
     return 0
+
+
+_WHY = {errno.EACCES: "permission denied; make it accessible to this user",
+        errno.EPERM: "operation not permitted for this user",
+        errno.EEXIST: "already exists (a file where a folder is needed?)",
+        errno.ENOTDIR: "a part of this path is a file, not a folder", errno.EISDIR: "a folder, where a file is needed",
+        errno.ENOSPC: "no space left on its file system", errno.EROFS: "on a read-only file system",
+        errno.ENOENT: "no such file or folder"}
+
+
+def _describe(exc: OSError) -> str:
+    """An OS error as where and what went wrong: never a bare `[Errno 17] File exists`."""
+    why = _WHY.get(exc.errno) or exc.strerror or str(exc)
+    where = [name for name in (exc.filename, exc.filename2) if name is not None]
+    action = {FileExistsError: "cannot create", PermissionError: "cannot use"}.get(type(exc), "cannot use")
+    if not where:
+        return f"{type(exc).__name__}: {why}"
+    return f"{action} {' -> '.join(map(str, where))}: {why}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,8 +306,11 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.handler(args)
-    except (*_EXPECTED, DeployError, OSError) as exc:
+    except (*_EXPECTED, DeployError) as exc:
         print(f"ocrfleet: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"ocrfleet: error: {_describe(exc)}", file=sys.stderr)
         return 2
     finally:
         if args.command in _FLOW_COMMANDS:

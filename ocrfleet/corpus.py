@@ -111,7 +111,8 @@ def plan_corpus(config: CorpusConfig) -> tuple[CorpusPlan, list[list[PageRef]]]:
     """Every page of the corpus, split into cost-balanced chunks; nothing is written."""
     job = config.job
     pages = collect_pages(job.inputs, dpi=job.pdf_dpi, include_globs=job.include_globs,
-                          exclude_globs=job.exclude_globs, manifest_path_column=job.manifest_path_column)
+                          exclude_globs=job.exclude_globs, manifest_path_column=job.manifest_path_column,
+                          leave_out=str(job.output_dir))
     members = split_balanced(pages, min(config.chunks, len(pages)))
     output = Path(job.output_dir).absolute()
     chunks = tuple(ChunkPlan(chunk=chunk, manifest=str(chunk_manifest(output, chunk)),

@@ -2,19 +2,61 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
-from pydantic_core import to_json
+from pydantic_core import PydanticSerializationError, to_json
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing's own from Python 3.11
 
 Point = tuple[float, float]
 M = TypeVar("M", bound=BaseModel)
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-class PageRef(BaseModel):
+class JsonModel(BaseModel):
+    """A model written and read as JSON that keeps any file name the OS allows.
+
+    Python holds a name's bytes that are not UTF-8 as lone surrogates (`b"\\xff"` -> `"\\udcff"`, the
+    surrogateescape of `os.fsdecode`), which pydantic refuses to write or to read back. Such a str is written
+    with each surrogate as the JSON escape `\\udcXX` (what `json.dumps` writes) and read back to the same str,
+    so `open(source)` finds the file again; every other model is written exactly as pydantic writes it.
+    """
+
+    def model_dump_json(self, *, indent: int | None = None, **options: Any) -> str:
+        try:
+            return super().model_dump_json(indent=indent, **options)
+        except PydanticSerializationError:
+            data = self.model_dump(mode="json", **options)
+            return escape_surrogates(json.dumps(data, ensure_ascii=False, indent=indent,
+                                                separators=(",", ": ") if indent is not None else (",", ":")))
+
+    @classmethod
+    def model_validate_json(cls, json_data: str | bytes | bytearray, **options: Any) -> Self:  # type: ignore[override]
+        try:
+            return super().model_validate_json(json_data, **options)
+        except ValidationError as exc:
+            if not any(error["type"] == "json_invalid" and "surrogate" in error["msg"] for error in exc.errors()):
+                raise
+            try:
+                data = json.loads(json_data)  # Python's parser keeps lone surrogates, pydantic's refuses them
+            except ValueError:
+                raise exc from None
+            return cls.model_validate(data, strict=options.get("strict"), context=options.get("context"))
+
+
+def escape_surrogates(text: str) -> str:
+    """JSON text with each lone surrogate (an undecodable byte of a file name) as its `\\udcXX` escape."""
+    return _SURROGATE.sub(lambda found: f"\\u{ord(found[0]):04x}", text)
+
+
+class PageRef(JsonModel):
     """One planned unit of work: a page of an input, with its estimated cost."""
 
     model_config = ConfigDict(frozen=True)
@@ -49,7 +91,10 @@ class Page(NamedTuple):
         """`self.ref().model_dump_json()` and a newline, byte for byte, in a quarter of the time."""
         fields = {"source": self.source, "page": self.page, "cost": float(self.cost), "size": self.size,
                   "mtime_ns": self.mtime_ns}
-        return to_json(fields, inf_nan_mode="null").decode() + "\n"  # the model's own handling of inf and nan
+        try:
+            return to_json(fields, inf_nan_mode="null").decode() + "\n"  # the model's own handling of inf and nan
+        except PydanticSerializationError:  # a name that is not UTF-8: written as the model writes it
+            return self.ref().model_dump_json() + "\n"
 
 
 class TextLine(BaseModel):
@@ -60,7 +105,7 @@ class TextLine(BaseModel):
     box: tuple[Point, Point, Point, Point]
 
 
-class RecordIdentity(BaseModel):
+class RecordIdentity(JsonModel):
     """What makes a record reusable by a later run: the page, the file's content, the settings that read it.
 
     Parsing only these fields of a stored record is cheap, so planning can index a large output dir.
@@ -99,7 +144,7 @@ class PageRecord(RecordIdentity):
                    device=device)
 
 
-class ShardReport(BaseModel):
+class ShardReport(JsonModel):
     """What a worker says about its shard when it ran to the end."""
 
     shard: int

@@ -6,12 +6,16 @@ costs nothing and a failure reads exactly as the CLI said it.
 
 from __future__ import annotations
 
+import base64
+import ipaddress
 import logging
 import os
+import socket
 import subprocess
 import sys
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -38,6 +42,9 @@ def deploy(repo_root: Path, *, api_url: str | None = None) -> list[str]:
     repo_root = Path(repo_root).resolve()
     api_url = (api_url or configured_api_url()).rstrip("/")
     check_reachable(api_url)
+    warning = open_api_warning(api_url)
+    if warning:
+        log.warning(warning)
     env = _cli_env(api_url)
     pools = pools_named(repo_root / PREFECT_FILE)
     for pool in pools:
@@ -112,9 +119,11 @@ def configured_api_url() -> str:
 
 
 def check_reachable(api_url: str, timeout_s: float = 10) -> None:
-    """Raise `DeployError` unless the server's health endpoint answers."""
+    """Raise `DeployError` unless the server's health endpoint answers (with PREFECT_API_AUTH_STRING's
+    credentials when set: a reverse proxy in front of the server may ask for them on every path)."""
     try:
-        with urllib.request.urlopen(f"{api_url}/health", timeout=timeout_s) as response:
+        request = urllib.request.Request(f"{api_url}/health", headers=auth_headers())
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
             if response.status == 200:
                 return
             problem = f"HTTP {response.status}"
@@ -122,6 +131,43 @@ def check_reachable(api_url: str, timeout_s: float = 10) -> None:
         problem = str(getattr(exc, "reason", exc))
     raise DeployError(f"Prefect server at {api_url} is unreachable ({problem}): start it with "
                       "`prefect server start` or fix PREFECT_API_URL")
+
+
+def auth_headers() -> dict[str, str]:
+    """HTTP basic auth from PREFECT_API_AUTH_STRING (`user:password`), as Prefect's own client sends it."""
+    auth = os.environ.get("PREFECT_API_AUTH_STRING")
+    return {"Authorization": f"Basic {base64.b64encode(auth.encode()).decode()}"} if auth else {}
+
+
+def open_api_warning(api_url: str, timeout_s: float = 10) -> str | None:
+    """A warning when the API is reachable beyond this machine and answers requests that carry no credentials."""
+    if is_loopback(api_url) or not accepts_anonymous(api_url, timeout_s):
+        return None
+    return (f"the Prefect API at {api_url} is not on loopback and accepts requests without credentials: anyone "
+            "who reaches it can start runs that read and write whatever the workers can. Start the server with "
+            "PREFECT_SERVER_API_AUTH_STRING, give clients PREFECT_API_AUTH_STRING, put TLS in front of it beyond "
+            "a trusted network, and set the workers' allowed roots (README, section Security)")
+
+
+def is_loopback(api_url: str) -> bool:
+    """Whether every address the URL's host resolves to is a loopback address."""
+    host = urllib.parse.urlparse(api_url).hostname or ""
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    return bool(addresses) and all(ipaddress.ip_address(address.split("%")[0]).is_loopback for address in addresses)
+
+
+def accepts_anonymous(api_url: str, timeout_s: float = 10) -> bool:
+    """Whether the API answers an authenticated endpoint (reading flow runs) without credentials; 401: it does not."""
+    request = urllib.request.Request(f"{api_url}/flow_runs/filter", data=b'{"limit": 1}', method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):  # 401/403 (HTTPError is a URLError), or no answer at all
+        return False
 
 
 def _cli_env(api_url: str) -> dict[str, str]:

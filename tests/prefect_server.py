@@ -102,7 +102,7 @@ def process_worker(api_url: str, home: Path, name: str = "test-worker", pool: st
                    cwd: Path = ROOT, **settings: str) -> Iterator[Path]:
     """Run `prefect worker start` for `pool` (limit 1) at `cwd`; yield its log file; stop it and its runs.
 
-    `settings`: more `PREFECT_*` environment for the worker.
+    `settings`: more environment for the worker (`PREFECT_*` settings, `OCRFLEET_ALLOWED_*`).
     """
     home.mkdir(parents=True, exist_ok=True)
     log = home / f"worker-{name}.log"
@@ -117,31 +117,41 @@ def process_worker(api_url: str, home: Path, name: str = "test-worker", pool: st
         stop_tree(process)
 
 
-def api_call(api_url: str, path: str, body: dict | None = None) -> object:
-    """GET (or POST `body` as JSON to) `api_url/path` and return the decoded JSON."""
+def api_call(api_url: str, path: str, body: dict | None = None, auth: str | None = None) -> object:
+    """GET (or POST `body` as JSON to) `api_url/path` and return the decoded JSON.
+
+    `auth`: `user:password` for a server started with PREFECT_SERVER_API_AUTH_STRING (HTTP basic auth).
+    """
+    import base64
     import json
 
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(f"{api_url}/{path.lstrip('/')}", data=data,
-                                     headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if auth:
+        headers["Authorization"] = f"Basic {base64.b64encode(auth.encode()).decode()}"
+    request = urllib.request.Request(f"{api_url}/{path.lstrip('/')}", data=data, headers=headers)
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.load(response)
 
 
-def prefect_cli(api_url: str, home: Path, *args: str, timeout_s: float = 120) -> str:
-    """Run the `prefect` CLI against the server; return its output, raising with it on a non-zero exit."""
-    done = subprocess.run([*PREFECT, *args], env=quiet_env(home, PREFECT_API_URL=api_url), cwd=ROOT,
+def prefect_cli(api_url: str, home: Path, *args: str, timeout_s: float = 120, **settings: str) -> str:
+    """Run the `prefect` CLI against the server; return its output, raising with it on a non-zero exit.
+
+    `settings`: more `PREFECT_*` environment for the CLI (PREFECT_API_AUTH_STRING).
+    """
+    done = subprocess.run([*PREFECT, *args], env=quiet_env(home, PREFECT_API_URL=api_url, **settings), cwd=ROOT,
                           capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout_s)
     if done.returncode != 0:
         raise RuntimeError(f"prefect {' '.join(args)} exited {done.returncode}:\n{done.stdout}{done.stderr}")
     return done.stdout + done.stderr
 
 
-def wait_for_state(api_url: str, flow_run_id: str, states: set[str], timeout_s: float) -> dict:
+def wait_for_state(api_url: str, flow_run_id: str, states: set[str], timeout_s: float,
+                   auth: str | None = None) -> dict:
     """Poll the flow run until its state type is one of `states`; return the run."""
     deadline = time.monotonic() + timeout_s
     while True:
-        run = api_call(api_url, f"flow_runs/{flow_run_id}")
+        run = api_call(api_url, f"flow_runs/{flow_run_id}", auth=auth)
         if run["state_type"] in states or time.monotonic() > deadline:
             return run
         time.sleep(0.5)

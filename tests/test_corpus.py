@@ -279,8 +279,9 @@ def test_a_corpus_over_two_machines_completes_exactly_once_when_one_dies_mid_chu
     published = tmp_path / "published"  # the corpus outputs, once, summary last; never a chunk's
     assert (published / "results.jsonl").read_bytes() == (out / "results.jsonl").read_bytes()
     assert (published / "summary.json").read_bytes() == (out / "summary.json").read_bytes()
-    assert sorted(path.name for path in published.iterdir()) == ["failures.jsonl", "results.jsonl", "results.parquet",
-                                                                "summary.json", "text"]
+    assert sorted(path.name for path in published.iterdir()) == [".ocrfleet-published.json", "failures.jsonl",
+                                                                "results.jsonl", "results.parquet", "summary.json",
+                                                                "text"]
     assert parents == {corpus_flow_run}  # every chunk attempt is a subflow of the corpus run
     killed_dir, written = killer.killed
     [killed] = [chunk for chunk in summary.chunks if Path(chunk.output_dir) == killed_dir]

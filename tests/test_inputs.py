@@ -161,11 +161,11 @@ def test_inputs_that_name_nothing_usable_are_clear_errors(tmp_path):
         collect_pages([str(tmp_path)])
 
 
-def test_unreadable_documents_are_planned_as_one_unit_for_the_worker_to_fail(tmp_path):
+def test_unreadable_documents_are_planned_as_one_unit_costed_by_size_for_the_worker_to_fail(tmp_path):
     (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.7 garbage")
     (tmp_path / "empty.png").write_bytes(b"")
     pages = collect_pages([str(tmp_path)])
-    assert [(page.page, page.cost) for page in pages] == [(0, 0.0), (0, 0.0)]
+    assert [(page.page, page.cost) for page in pages] == [(0, 16 * inputs_module.PIXELS_PER_BYTE), (0, 0.0)]
 
 
 def test_many_plain_images_are_costed_from_their_size_without_opening_them(tmp_path, monkeypatch):
@@ -199,3 +199,47 @@ def test_files_stated_while_the_manifest_is_read_give_the_same_pages_and_missing
     (tmp_path / "m.txt").write_text("\n".join(names + ["gone.png"]) + "\n")
     with pytest.raises(InputError, match=r"m.txt:24: gone.png: no such file"):
         collect_pages([str(tmp_path / "m.txt")])
+
+
+def test_a_folder_and_a_symlink_to_it_are_read_once_under_the_first_name(tmp_path):
+    for n in range(3):
+        image(tmp_path / "data" / "scans" / f"p{n}.png")
+    (tmp_path / "data" / "alias").symlink_to(tmp_path / "data" / "scans")
+    (tmp_path / "elsewhere").symlink_to(tmp_path / "data")
+    named = collect_pages([str(tmp_path / "data" / "scans"), str(tmp_path / "data" / "alias"),
+                           str(tmp_path / "elsewhere")])
+    assert keys(named, tmp_path / "data") == [(os.path.join("scans", f"p{n}.png"), 0) for n in range(3)]
+    globbed = collect_pages([str(tmp_path / "data" / "*")])  # the glob reaches `alias` first
+    assert keys(globbed, tmp_path / "data") == [(os.path.join("alias", f"p{n}.png"), 0) for n in range(3)]
+
+
+def test_a_folder_that_cannot_be_listed_is_an_error_naming_it(tmp_path, monkeypatch):
+    image(tmp_path / "in" / "a.png")
+    image(tmp_path / "in" / "locked" / "b.png")
+    locked, scandir = str(tmp_path / "in" / "locked"), os.scandir
+
+    def denying(path="."):  # as chmod 000 would for a user other than root (tests run as root)
+        if os.fspath(path) == locked:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", denying)
+    with pytest.raises(InputError, match=f"{locked}: cannot list this folder \\(permission denied\\)"):
+        collect_pages([str(tmp_path / "in")])
+    with pytest.raises(InputError, match="cannot list this folder"):
+        collect_pages([locked])  # a folder named directly, with nothing else to read
+
+
+def test_an_input_behind_a_folder_that_cannot_be_searched_says_access_denied_and_where(tmp_path, monkeypatch):
+    image(tmp_path / "locked" / "a.png")
+    locked, real_stat = str(tmp_path / "locked"), os.stat
+
+    def denying(path, *args, **kwargs):  # as a chmod 000 parent would for a user other than root
+        if os.fspath(path).startswith(locked + os.sep):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", denying)
+    with pytest.raises(InputError, match=r"a.png: access denied \(Permission denied\); make it readable") as caught:
+        collect_pages([str(tmp_path / "locked" / "a.png")])
+    assert "Errno" not in str(caught.value)

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ocrfleet.inputs import remote as remote_inputs, storage
+from ocrfleet.inputs import listing as remote_inputs, storage
 from ocrfleet.run import launch
 from ocrfleet.config import load_config
 from ocrfleet.inputs.listing import InputError, collect_pages
 from ocrfleet.run.launch import run_worker
 from ocrfleet.inputs.pages import PageError, PageReader
 from ocrfleet.plan.planning import failed_pages, prepare_run
-from ocrfleet.reduce.publish import is_published, publish
+from ocrfleet.reduce.publish import LISTING, PublishRefused, is_published, publish
 from ocrfleet.records import PageRecord, read_jsonl
 from ocrfleet.reduce.summary import reduce_run
 from ocrfleet.run.worker import run_shard
@@ -194,12 +194,13 @@ def finished_run(folder: Path) -> Path:
 def test_publishing_to_a_path_renames_each_file_into_place_and_removes_what_the_run_no_longer_has(tmp_path):
     run_dir = finished_run(tmp_path / "run")
     target = tmp_path / "published"
-    (target / "text").mkdir(parents=True)
-    (target / "text" / "old.txt").write_text("an earlier run's document")
+    earlier = finished_run(tmp_path / "earlier")
+    (earlier / "text" / "old.txt").write_text("an earlier run's document")
+    publish(earlier, str(target))
     (target / "README").write_text("not ours")
     published = publish(run_dir, f"file://{target}")
     files = sorted(path.relative_to(target).as_posix() for path in target.rglob("*") if path.is_file())
-    assert files == ["README", "failures.jsonl", "results.jsonl", "results.parquet", "summary.json",
+    assert files == [LISTING, "README", "failures.jsonl", "results.jsonl", "results.parquet", "summary.json",
                      "text/s3/b/a.png.txt"]
     assert (published.files, published.removed) == (5, 1)
     assert (target / "summary.json").read_bytes() == (run_dir / "summary.json").read_bytes()
@@ -211,7 +212,9 @@ def test_publishing_to_a_path_renames_each_file_into_place_and_removes_what_the_
 def test_publishing_to_an_object_store_puts_whole_objects_with_summary_json_last(bucket, tmp_path, monkeypatch):
     run_dir = finished_run(tmp_path / "run")
     fs = s3()
-    fs.pipe_file(storage.split_url(f"{bucket}/ocr/summary.json")[1], b"an earlier run's")
+    earlier = finished_run(tmp_path / "earlier")
+    (earlier / "summary.json").write_text("an earlier run's")
+    publish(earlier, f"{bucket}/ocr")
     order = []
     real_put_file = type(fs)._put_file
 
@@ -229,6 +232,62 @@ def test_publishing_to_an_object_store_puts_whole_objects_with_summary_json_last
     assert not any(marker_there for _, marker_there in order)  # absent while the outputs change
     assert fs.cat_file(storage.split_url(f"{bucket}/ocr/text/s3/b/a.png.txt")[1]) == b"alpha\n"
     assert is_published(run_dir, f"{bucket}/ocr")
+
+
+def _target(where: str, tmp_path: Path, bucket_url: str | None) -> str:
+    return f"{bucket_url}/pub" if where == "s3" else f"file://{tmp_path / 'pub'}"
+
+
+def _put(target: str, name: str, data: bytes) -> None:
+    from fsspec.core import url_to_fs
+
+    fs, root = url_to_fs(storage.local_path(target))
+    fs.makedirs(os.path.dirname(f"{root}/{name}"), exist_ok=True)  # a no-op on S3, needed on a local disk
+    fs.pipe_file(f"{root}/{name}", data)
+
+
+def _files(target: str) -> dict[str, bytes]:
+    from fsspec.core import url_to_fs
+
+    fs, root = url_to_fs(storage.local_path(target))
+    fs.invalidate_cache()
+    return {path[len(root.rstrip("/")) + 1:]: fs.cat_file(path) for path in fs.find(root)}
+
+
+@pytest.fixture(params=["local", "s3"])
+def where(request):
+    return request.param
+
+
+@pytest.fixture
+def target(where, tmp_path, request):
+    return _target(where, tmp_path, request.getfixturevalue("bucket") if where == "s3" else None)
+
+
+def test_a_publish_leaves_a_users_files_in_place_and_a_republish_removes_only_its_own_stale_files(target, tmp_path):
+    _put(target, "text/notes.txt", b"the user's own notes")
+    first = finished_run(tmp_path / "first")
+    (first / "text" / "s3" / "b" / "z.png.txt").write_text("a page the next run no longer has\n")
+    publish(first, target)
+    assert _files(target)["text/notes.txt"] == b"the user's own notes"
+    second = finished_run(tmp_path / "second")
+    published = publish(second, target)
+    assert published.removed == 1
+    assert sorted(_files(target)) == [LISTING, "failures.jsonl", "results.jsonl", "results.parquet", "summary.json",
+                                      "text/notes.txt", "text/s3/b/a.png.txt"]
+    assert _files(target)["text/notes.txt"] == b"the user's own notes"
+    assert is_published(second, target)
+
+
+@pytest.mark.parametrize("theirs", ["results.jsonl", "summary.json", "text/s3/b/a.png.txt"])
+def test_a_publish_that_would_overwrite_a_file_it_did_not_write_is_refused_and_changes_nothing(target, theirs,
+                                                                                              tmp_path):
+    _put(target, theirs, b"someone else's")
+    _put(target, "text/notes.txt", b"the user's own notes")
+    before = _files(target)
+    with pytest.raises(PublishRefused, match=theirs):
+        publish(finished_run(tmp_path / "run"), target)
+    assert _files(target) == before
 
 
 def published_records(results: bytes) -> dict[tuple[str, int], tuple]:

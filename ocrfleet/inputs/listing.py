@@ -10,8 +10,13 @@ What an input may be:
   `.csv` (a header row; the path column is `manifest_path_column`, optional `pages` and `cost`
   columns) or `.jsonl` (one object per line with the same keys). Relative paths are relative to
   the manifest's folder. Every bad row is reported at once (up to ten of them), naming file and line;
-- a URL (`s3://bucket/scans/`, a glob, an object, a manifest), or a manifest naming URLs: listed
-  through fsspec by `ocrfleet.inputs.remote`, with the same meanings.
+- a URL (`s3://bucket/scans/`, a glob, an object, a page range, a manifest, whose relative rows resolve
+  against its own folder URL), or a manifest naming URLs: the same meanings, listed through fsspec.
+
+Local paths and URLs go through this one module; `ocrfleet.inputs.locations` answers only what differs
+(what a folder holds, a glob, a manifest's text, sizes and mtimes). A folder is read once under the first
+name the inputs reach it by (a symlink to a folder already named adds nothing); the run's own output dir
+(`leave_out`) is never taken from a folder or a glob; a folder that cannot be listed is an error.
 
 `collect_pages` gives `PageRef` models; `list_pages` the same pages as `Page` tuples, which is what
 planning a million inputs can afford (a model costs about 1 KB and 7 us).
@@ -19,25 +24,26 @@ planning a million inputs can afford (a model costs about 1 KB and 7 us).
 A page's cost is its pixel count: from the PDF page size at `dpi`, from each TIFF frame's header, or
 from a plain image's header. Reading headers costs ~30-70 us a file, so above `PROBE_LIMIT` plain
 images their cost is estimated from the file size instead (a manifest's `cost` column skips both).
+An object's headers would cost a request each: a plain image's cost is estimated from its size, and only
+a PDF or TIFF whose pages the inputs do not name is fetched (on threads) to count them; a page of one
+that is named but not read costs a letter page at `dpi` (a PDF) or its share of the file size (a TIFF).
 """
 
 from __future__ import annotations
 
 import csv
 import fnmatch
-import functools
-import glob
 import json
 import math
 import os
 import re
-import stat
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 
-from ocrfleet.inputs.pages import probe_pages
+from ocrfleet.inputs.locations import Facts, LocalFiles, Location, StoreFiles, file_facts, is_local, local_facts
+from ocrfleet.inputs.pages import probe_data, probe_pages
+from ocrfleet.inputs.storage import is_url
 from ocrfleet.records import Page, PageRef
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
@@ -46,6 +52,7 @@ MANIFEST_SUFFIXES = frozenset({".txt", ".csv", ".jsonl"})
 MULTI_PAGE_SUFFIXES = frozenset({".pdf", ".tif", ".tiff"})
 PROBE_LIMIT = 20_000
 PIXELS_PER_BYTE = 8.0  # a compressed document scan holds roughly this many pixels per byte
+LETTER_INCHES = 8.5 * 11  # the cost of a PDF page not read at planning: a letter page at `dpi`
 _MANIFEST_ENDINGS = tuple(MANIFEST_SUFFIXES)  # `_suffix(path) in MANIFEST_SUFFIXES`, for the lowercased end
 _MAX_LISTED = 10
 _RANGE_SUFFIX = re.compile(r"(.+)\[([0-9][0-9,\- ]*)\]", re.DOTALL)
@@ -85,8 +92,6 @@ class _Wanted:
 # What is asked of a file: a string when it is the whole file and no cost is given, as for nearly all of a
 # million inputs (the manifest line that first named it, "" if none), a `_Wanted` for anything more.
 Entry = str | _Wanted
-Facts = tuple[int, int, bool]  # a file's size, mtime_ns and whether it is a regular file
-_MISSING: Facts = (0, 0, False)
 
 
 class InputError(ValueError):
@@ -94,59 +99,108 @@ class InputError(ValueError):
 
 
 def collect_pages(inputs: Sequence[str], *, dpi: int = 100, include_globs: Sequence[str] = (),
-                  exclude_globs: Sequence[str] = (), manifest_path_column: str = "path") -> list[PageRef]:
+                  exclude_globs: Sequence[str] = (), manifest_path_column: str = "path",
+                  leave_out: str | None = None) -> list[PageRef]:
     """Every page named by `inputs`, sorted by (source, page) and de-duplicated, with its cost."""
-    return [page.ref() for page in list_pages(inputs, dpi=dpi, include_globs=include_globs,
+    return [page.ref() for page in list_pages(inputs, dpi=dpi, include_globs=include_globs, leave_out=leave_out,
                                               exclude_globs=exclude_globs, manifest_path_column=manifest_path_column)]
 
 
 def list_pages(inputs: Sequence[str], *, dpi: int = 100, include_globs: Sequence[str] = (),
-               exclude_globs: Sequence[str] = (), manifest_path_column: str = "path") -> list[Page]:
-    """`collect_pages` as `Page` tuples: what planning holds, a million of them in a few hundred MB."""
-    from ocrfleet.inputs.remote import collect_remote, names_remote  # it imports this module
+               exclude_globs: Sequence[str] = (), manifest_path_column: str = "path",
+               leave_out: str | None = None) -> list[Page]:
+    """`collect_pages` as `Page` tuples: what planning holds, a million of them in a few hundred MB.
 
-    if any(map(names_remote, inputs)):  # URLs, and manifests naming them, are listed through fsspec
-        local = functools.partial(collect_pages, dpi=dpi, include_globs=include_globs, exclude_globs=exclude_globs,
-                                  manifest_path_column=manifest_path_column)
-        refs = collect_remote(inputs, local, dpi=dpi, include_globs=include_globs, exclude_globs=exclude_globs,
-                              manifest_path_column=manifest_path_column)
-        return [Page(ref.source, ref.page, ref.cost, ref.size, ref.mtime_ns) for ref in refs]
+    `leave_out` (the run's output dir) is never taken from a folder or a glob: a run does not read its own output.
+    """
     problems: list[str] = []
-    # Without globs every file found is kept, so each is stat'ed as soon as it is named (see _Stats).
-    with _Stats() as early:
-        wanted = _wanted(inputs, manifest_path_column, problems,
-                         None if include_globs or exclude_globs else early.add)
-        kept = _kept(wanted, include_globs, exclude_globs)
-        if not kept:
-            why = f" ({len(wanted)} found, all left out by include/exclude globs)" if wanted else ""
-            raise InputError(f"no images found in {list(inputs)}{why} "
-                             f"(looked for {', '.join(sorted(DOCUMENT_SUFFIXES))})")
-        paths = sorted(kept)  # linear when they come in order, as from a walk or a sorted manifest
-        facts = early.facts(paths) if early.named else _file_facts(paths)
-    _check_named_files_exist(kept, {path for path, found in zip(paths, facts) if not found[2]}, problems)
-    raise_if(problems, "inputs that cannot be used")
+    places = _Places(problems, leave_out)
+    kept, paths, facts = _files(inputs, places, problems, include_globs=include_globs, exclude_globs=exclude_globs,
+                                manifest_path_column=manifest_path_column)
     multi = {path for path in paths if _suffix(path) in MULTI_PAGE_SUFFIXES}
     probe = len(paths) - len(multi) <= PROBE_LIMIT  # few enough plain images to read their headers
     # Any other file, as nearly all of a million inputs are, is one page costed by its size.
     asked = multi.union(path for path, entry in kept.items() if not isinstance(entry, str))
+    fetched = places.fetch_documents([path for path in multi if not is_local(path) and _counts_pages(kept[path])])
     pages: list[Page] = []
     for path, (size, mtime_ns, _) in zip(paths, facts):
-        if probe or path in asked:
-            pages.extend(_pages_of(path, kept[path], size, mtime_ns, dpi=dpi, probe=probe, problems=problems))
+        if (probe and is_local(path)) or path in asked:
+            pages.extend(_pages_of(path, kept[path], size, mtime_ns, dpi=dpi, probe=probe, problems=problems,
+                                   fetched=fetched))
         else:
             pages.append(Page(path, 0, size * PIXELS_PER_BYTE, size, mtime_ns))
     raise_if(problems, "pages asked for do not exist")
     return pages
 
 
-def _wanted(inputs: Sequence[str], column: str, problems: list[str],
+def check_inputs(inputs: Sequence[str], *, include_globs: Sequence[str] = (), exclude_globs: Sequence[str] = (),
+                 manifest_path_column: str = "path", leave_out: str | None = None) -> int:
+    """How many files `inputs` name, or the `InputError` that `list_pages` would raise about them.
+
+    Everything but counting pages (no document is opened): what the CLI checks before starting a flow.
+    """
+    problems: list[str] = []
+    return len(_files(inputs, _Places(problems, leave_out), problems, include_globs=include_globs,
+                      exclude_globs=exclude_globs, manifest_path_column=manifest_path_column)[1])
+
+
+def _files(inputs: Sequence[str], places: _Places, problems: list[str], *, include_globs: Sequence[str],
+           exclude_globs: Sequence[str], manifest_path_column: str) -> tuple[dict[str, Entry], list[str], list[Facts]]:
+    """What is asked of each file the inputs name, the files sorted, and their facts; InputError for problems."""
+    # Without globs every file found is kept, so each is stat'ed as soon as it is named (see _Stats).
+    with _Stats() as early:
+        wanted = _wanted(inputs, manifest_path_column, problems, places,
+                         None if include_globs or exclude_globs else early.add)
+        kept = _kept(wanted, include_globs, exclude_globs)
+        if not kept:
+            raise_if(problems, "inputs that cannot be used")
+            why = f" ({len(wanted)} found, all left out by include/exclude globs)" if wanted else ""
+            raise InputError(f"no images found in {list(inputs)}{why} "
+                             f"(looked for {', '.join(sorted(DOCUMENT_SUFFIXES))})")
+        paths = sorted(kept)  # linear when they come in order, as from a walk or a sorted manifest
+        facts = places.facts(paths, early)
+    _check_named_files_exist(kept, {path for path, found in zip(paths, facts) if not found[2]}, problems)
+    raise_if(problems, "inputs that cannot be used")
+    return kept, paths, facts
+
+
+class _Places:
+    """The locations of one listing: this machine's files, and an object store once a URL is named."""
+
+    def __init__(self, problems: list[str], leave_out: str | None) -> None:
+        self.local = LocalFiles(problems, leave_out)
+        self.store: StoreFiles | None = None
+
+    def of(self, name: str) -> Location:
+        if not is_url(name):
+            return self.local
+        self.store = self.store or StoreFiles()
+        return self.store
+
+    def facts(self, paths: list[str], early: _Stats) -> list[Facts]:
+        """The facts of every kept path: local ones stat'ed (most already, while reading), the others listed."""
+        if is_local(paths[-1]):  # sorted: a URL ("s3://...") would come after every path ("/...")
+            return early.facts(paths) if early.named else file_facts(paths)
+        self.store = self.store or StoreFiles()
+        local = [path for path in paths if is_local(path)]
+        found = dict(zip(local, early.facts(local) if early.named else file_facts(local)))
+        urls = [path for path in paths if not is_local(path)]
+        found.update(zip(urls, self.store.facts(urls)))
+        return [found[path] for path in paths]
+
+    def fetch_documents(self, urls: list[str]) -> dict[str, bytes]:
+        """The bytes of the documents at URLs whose pages must be counted (a request each, on threads)."""
+        return dict(zip(urls, self.store.read_all(urls))) if urls and self.store else {}
+
+
+def _wanted(inputs: Sequence[str], column: str, problems: list[str], places: _Places,
             found: Callable[[str], None] | None = None) -> dict[str, Entry]:
-    """What the inputs ask of each file, in the order they name them; `found` is told each new file."""
+    """What the inputs ask of each file, in the order they name them; `found` is told each new local file."""
     wanted: dict[str, Entry] = {}
     for spec in inputs:
-        for path, pages, cost, origin in _expand(spec, column, problems):
+        for path, pages, cost, origin in _expand(spec, column, problems, places):
             entry = wanted.get(path)
-            if entry is None and found is not None:
+            if entry is None and found is not None and is_local(path):
                 found(path)
             if isinstance(entry, _Wanted):
                 entry.add(pages, cost, origin)
@@ -166,8 +220,9 @@ def _check_named_files_exist(kept: dict[str, Entry], missing: set[str], problems
         return
     for path, entry in kept.items():  # in the order the inputs named them
         origin = entry if isinstance(entry, str) else entry.origin
-        if origin and path in missing:
-            problems.append(f"{origin}: no such file")
+        # A folder or FIFO exists without being a file: the worker records it as NotAFile.
+        if origin and path in missing and not (is_local(path) and os.path.exists(path)):
+            problems.append(f"{origin}: no such {'file' if is_local(path) else 'object'}")
 
 
 def _kept(wanted: dict[str, Entry], include: Sequence[str], exclude: Sequence[str]) -> dict[str, Entry]:
@@ -192,54 +247,65 @@ def parse_page_range(text: str) -> frozenset[int]:
     return frozenset(pages)
 
 
-def _expand(spec: str, column: str, problems: list[str]) -> Iterable[Named]:
+def _expand(spec: str, column: str, problems: list[str], places: _Places) -> Iterable[Named]:
     """The files one input names: the one place where an input becomes paths (a new kind of input plugs in here)."""
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return ((found, None, None, None) for found in _walk(_absolute(path)))
-    if path.exists() or path.is_symlink():
-        if _suffix(spec) in MANIFEST_SUFFIXES:
-            return _read_manifest(path, column, problems)
-        if _suffix(spec) not in DOCUMENT_SUFFIXES:
+    location = places.of(spec)
+    try:
+        return _expand_at(location, spec, column, problems)
+    except PermissionError as exc:
+        hint = ("check the credentials this machine uses for the store (docs/scale-out.md, section 7)"
+                if location is places.store else "make it readable by this user")
+        where = f" at {exc.filename}" if exc.filename and exc.filename != spec else ""
+        raise InputError(f"{spec}: access denied{where} ({exc.strerror or exc}); {hint}") from exc
+
+
+def _expand_at(location: Location, spec: str, column: str, problems: list[str]) -> Iterable[Named]:
+    name = location.absolute(spec)
+    kind = location.kind(name)
+    if kind == "dir":
+        return ((found, None, None, None) for found in location.walk(name, DOCUMENT_SUFFIXES))
+    if kind == "file":
+        if _suffix(name) in MANIFEST_SUFFIXES:
+            return _read_manifest(location, name, column, problems)
+        if _suffix(name) not in DOCUMENT_SUFFIXES:
             raise InputError(f"{spec}: not a supported image type, PDF or manifest ({', '.join(sorted(DOCUMENT_SUFFIXES | MANIFEST_SUFFIXES))})")
-        return [(_absolute(path), None, None, None)]
+        return [(name, None, None, None)]
     ranged = _RANGE_SUFFIX.fullmatch(spec) if spec.endswith("]") else None
-    if ranged and Path(ranged[1]).expanduser().is_file():
+    if ranged and location.kind(location.absolute(ranged[1])) == "file":
         try:
-            return [(_absolute(Path(ranged[1]).expanduser()), parse_page_range(ranged[2]), None, None)]
+            return [(location.absolute(ranged[1]), parse_page_range(ranged[2]), None, None)]
         except ValueError as exc:
             raise InputError(f"{spec}: {exc}") from None
-    matches = sorted(glob.glob(str(path), recursive=True))
+    matches = location.glob(name)
     if not matches:
-        raise InputError(f"{spec}: no such file or directory, and no file matches it as a glob pattern")
+        raise InputError(f"{spec}: no such {location.noun} or {location.folder_noun}, and no {location.noun} "
+                         "matches it as a glob pattern")
     found: list[Named] = []
-    for match in map(Path, matches):
-        if match.is_dir():
-            found.extend((_absolute(inner), None, None, None) for inner in _walk(match))
-        elif _suffix(match.name) in DOCUMENT_SUFFIXES:
-            found.append((_absolute(match), None, None, None))
+    for match, match_kind in matches:
+        if match_kind == "dir":
+            found.extend((inner, None, None, None) for inner in location.walk(match, DOCUMENT_SUFFIXES))
+        elif _suffix(match) in DOCUMENT_SUFFIXES:
+            found.append((match, None, None, None))
     return found
 
 
-def _read_manifest(manifest: Path, column: str, problems: list[str]) -> Iterator[Named]:
+def _read_manifest(location: Location, manifest: str, column: str, problems: list[str]) -> Iterator[Named]:
     """The good rows of a manifest, as read; each bad one is added to `problems`, naming file and line."""
-    folder = _absolute(manifest.parent)
-    for line, row in _manifest_rows(manifest, column, problems):
-        try:
-            if isinstance(row, str):
-                yield (*_txt_row(folder, row), f"{manifest}:{line}: {row}")
-            else:
-                yield (*_manifest_row(folder, row, column), f"{manifest}:{line}: {row.get(column)}")
-        except (ValueError, TypeError) as exc:
-            problems.append(f"{manifest}:{line}: {exc}")
-
-
-def _manifest_rows(manifest: Path, column: str, problems: list[str]) -> Iterator[tuple[int, dict | str]]:
-    suffix = _suffix(manifest.name)
+    folder = location.folder_of(manifest)
+    suffix = _suffix(manifest)
     try:
-        with open(manifest, encoding="utf-8", newline="" if suffix == ".csv" else None) as handle:
-            yield from manifest_rows(handle, suffix, str(manifest), column, problems)
-    except (OSError, UnicodeDecodeError) as exc:
+        with location.open_text(manifest, "" if suffix == ".csv" else None) as handle:
+            for line, row in manifest_rows(handle, suffix, manifest, column, problems):
+                try:
+                    if isinstance(row, str):
+                        yield (*_txt_row(location, folder, row), f"{manifest}:{line}: {row}")
+                    else:
+                        yield (*_manifest_row(location, folder, row, column), f"{manifest}:{line}: {row.get(column)}")
+                except (ValueError, TypeError) as exc:
+                    problems.append(f"{manifest}:{line}: {exc}")
+    except OSError as exc:
+        raise InputError(f"{manifest}: cannot read the manifest: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
         raise InputError(f"{manifest}: cannot read the manifest: {exc}") from exc
 
 
@@ -278,28 +344,29 @@ def split_range(name: str) -> tuple[str, frozenset[int]] | None:
     return None if ranged is None else (ranged[1], parse_page_range(ranged[2]))
 
 
-def _txt_row(folder: str, name: str) -> tuple[str, Pages, None]:
+def _txt_row(location: Location, folder: str, name: str) -> tuple[str, Pages, None]:
     # A million-row manifest spends most of its time here: plain strings, and the range only looked for after `]`.
-    path, pages = _row_path(folder, name), None
-    if name[-1] == "]" and not os.path.lexists(path) and (ranged := split_range(name)):
-        path, pages = _row_path(folder, ranged[0]), ranged[1]
+    path, pages = _row_source(location, folder, name), None
+    if name[-1] == "]" and not (is_local(path) and os.path.lexists(path)) and (ranged := split_range(name)):
+        path, pages = _row_source(location, folder, ranged[0]), ranged[1]
     if path[-6:].lower().endswith(_MANIFEST_ENDINGS):
         raise ValueError(f"{name}: a manifest cannot name another manifest")
     return path, pages, None
 
 
-def _manifest_row(folder: str, row: dict, column: str) -> tuple[str, Pages, float | None]:
+def _manifest_row(location: Location, folder: str, row: dict, column: str) -> tuple[str, Pages, float | None]:
     name, pages, cost = row_fields(row, column)
-    path = _row_path(folder, name)
+    path = _row_source(location, folder, name)
     if path[-6:].lower().endswith(_MANIFEST_ENDINGS):
         raise ValueError(f"{name}: a manifest cannot name another manifest")
     return path, pages, cost
 
 
-def _row_path(folder: str, name: str) -> str:
-    if name[0] == "~":
-        name = os.path.expanduser(name)
-    return os.path.normpath(name if name[0] == "/" else os.path.join(folder, name))  # join costs more than normpath
+def _row_source(location: Location, folder: str, name: str) -> str:
+    """A row's source: a URL as given (a local manifest may name objects), else relative to the manifest's folder."""
+    if "://" in name and is_url(name):
+        return name
+    return location.resolve(folder, name)
 
 
 def row_fields(row: dict, column: str) -> tuple[str, Pages, float | None]:
@@ -333,18 +400,24 @@ def _row_cost(value: object) -> float | None:
     return cost
 
 
-def _pages_of(path: str, entry: Entry, size: int, mtime_ns: int, *, dpi: int, probe: bool,
-              problems: list[str]) -> list[Page]:
+def _pages_of(path: str, entry: Entry, size: int, mtime_ns: int, *, dpi: int, probe: bool, problems: list[str],
+              fetched: dict[str, bytes]) -> list[Page]:
     plain = _suffix(path) not in MULTI_PAGE_SUFFIXES
     pages, costs = (None, {}) if isinstance(entry, str) else (entry.selection(), entry.costs or {})
+    # Local headers are cheap to read; an object is fetched only when a document's page count is unknown.
+    if is_local(path):
+        reads = not plain or probe or pages not in (None, frozenset({0}))
+    else:
+        reads = not plain and pages is None
     if _all_costed(pages, costs, plain):
         listed = [(page, costs.get(page, costs.get(None, 0.0))) for page in sorted(pages or {0})]
-    elif plain and not probe and pages in (None, frozenset({0})):
-        listed = [(0, size * PIXELS_PER_BYTE)]
+    elif not reads:
+        estimate = _estimate(path, size, pages, dpi)
+        listed = [(page, costs.get(page, costs.get(None, estimate))) for page in sorted(pages or {0})]
     else:
-        probed = probe_pages(path, dpi=dpi)
-        if probed is None:  # unreadable: one unit, which the worker turns into a failed record saying why
-            probed, pages = [(min(pages or {0}), 0.0)], None
+        probed = probe_data(fetched[path], path, dpi=dpi) if path in fetched else probe_pages(path, dpi=dpi)
+        if probed is None:  # unreadable: one unit, costed by its size, which the worker turns into a failed record
+            probed, pages = [(min(pages or {0}), size * PIXELS_PER_BYTE)], None
         present = {page for page, _ in probed}
         if pages is not None and pages - present:
             missing = ", ".join(str(page + 1) for page in sorted(pages - present)[:5])
@@ -352,6 +425,21 @@ def _pages_of(path: str, entry: Entry, size: int, mtime_ns: int, *, dpi: int, pr
         listed = [(page, costs.get(page, costs.get(None, page_cost))) for page, page_cost in probed
                   if pages is None or page in pages]
     return [Page(path, page, float(page_cost), size, mtime_ns) for page, page_cost in listed]
+
+
+def _counts_pages(entry: Entry) -> bool:
+    """Whether a multi-page document must be read to know its pages: the inputs did not say which."""
+    return isinstance(entry, str) or entry.every_page
+
+
+def _estimate(path: str, size: int, pages: Pages, dpi: int) -> float:
+    """A page's cost without reading it: pixels from the file size, or a letter page for a PDF's page."""
+    suffix = _suffix(path)
+    if suffix == ".pdf":
+        return LETTER_INCHES * dpi * dpi
+    if suffix in MULTI_PAGE_SUFFIXES:  # a TIFF's pages share its bytes
+        return size * PIXELS_PER_BYTE / max(len(pages or ()), 1)
+    return size * PIXELS_PER_BYTE
 
 
 def _all_costed(pages: Pages, costs: dict[int | None, float], plain: bool) -> bool:
@@ -376,43 +464,14 @@ def raise_if(problems: list[str], what: str) -> None:
         raise InputError(f"{what}:\n  " + "\n  ".join(problems[:_MAX_LISTED]) + more)
 
 
-def _walk(folder: str) -> Iterable[str]:
-    """The documents under an absolute folder, as absolute paths (strings: a million Path objects cost seconds)."""
-    # os.walk does not follow directory symlinks, so a symlink loop cannot recurse forever.
-    for root, dirs, names in os.walk(folder):
-        dirs.sort()
-        for name in names:
-            if _suffix(name) in DOCUMENT_SUFFIXES:
-                yield os.path.join(root, name)
-
-
 def _suffix(name: str | os.PathLike) -> str:
     name = os.fspath(name)
     dot = name.rfind(".")
     return name[dot:].lower() if dot >= 0 else ""  # only ever compared with known suffixes
 
 
-def _absolute(path: Path) -> str:
-    # abspath keeps symlinks as named: the record's source is the path the user gave, made absolute.
-    return os.path.abspath(path)
-
-
-def _file_facts(paths: list[str], threads: int = 16) -> list[Facts]:
-    """`_facts` of every path, on several threads: stat releases the GIL, and on NFS each one is a round trip.
-
-    Local files only: a lister of another kind of store would give these facts with its listing.
-    """
-    if len(paths) < 2000:
-        return [_facts(path) for path in paths]
-    size = -(-len(paths) // threads)
-    with ThreadPoolExecutor(threads, thread_name_prefix="stat") as pool:
-        parts = pool.map(lambda start: [_facts(path) for path in paths[start:start + size]],
-                         range(0, len(paths), size))
-        return [found for part in parts for found in part]
-
-
 class _Stats:
-    """`_facts` of files on threads while the inputs are still being read, in batches as they are named.
+    """`local_facts` of files on threads while the inputs are still being read, in batches as they are named.
 
     Reading a million-row manifest holds one core in Python; a stat is mostly kernel time with the GIL
     released, so the stats run beside the reading instead of after it (a million: 6.9 s instead of 9.5 s
@@ -443,16 +502,16 @@ class _Stats:
             batch, self._batch = self._batch, []
             if self._pool is None:
                 started = time.perf_counter()
-                sample = [_facts(path) for path in batch[:50]]
+                sample = [local_facts(path) for path in batch[:50]]
                 quick = (time.perf_counter() - started) / len(sample) < self._QUICK_S
                 self._pool = ThreadPoolExecutor(2 if quick else 16, thread_name_prefix="stat")
                 self._parts.append((batch[:50], _done(sample)))
                 batch = batch[50:]
-            self._parts.append((batch, self._pool.submit(lambda: [_facts(path) for path in batch])))
+            self._parts.append((batch, self._pool.submit(lambda: [local_facts(path) for path in batch])))
 
     def facts(self, paths: list[str]) -> list[Facts]:
         """The facts of `paths`, each of which was added."""
-        found = dict(zip(self._batch, _file_facts(self._batch)))  # the last, partial batch (all of a few files)
+        found = dict(zip(self._batch, file_facts(self._batch)))  # the last, partial batch (all of a few files)
         for batch, future in self._parts:
             found.update(zip(batch, future.result()))
         return [found[path] for path in paths]
@@ -462,12 +521,3 @@ def _done(result: object) -> Future:
     future: Future = Future()
     future.set_result(result)
     return future
-
-
-def _facts(source: str) -> Facts:
-    # Only the three fields planning needs: a million whole stat results would hold about 600 MB.
-    try:
-        found = os.stat(source)
-    except OSError:
-        return _MISSING  # unreadable now: the worker turns it into a failed record with the reason
-    return found.st_size, found.st_mtime_ns, stat.S_ISREG(found.st_mode)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import stat as stat_mode
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,14 +22,17 @@ from typing import BinaryIO
 
 import numpy as np
 import pypdfium2 as pdfium
+import pypdfium2.raw as pdfium_raw
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ocrfleet.inputs.storage import is_url, read_object
 
 MIN_SIDE = 2  # a page narrower than this cannot hold a line of text
 _PDF_SNIFF = 1024  # PDF readers accept the %PDF header anywhere in the first KiB
-# PDFium's load error codes (fpdfview.h): FPDF_ERR_PASSWORD and FPDF_ERR_SECURITY.
+# PDFium's load error codes (fpdfview.h): FPDF_ERR_PASSWORD and FPDF_ERR_SECURITY; FPDF_ERR_FILE, which a
+# document that was read already cannot cause, marks "PDFium set no error" (see `_open_pdf`).
 _PDF_ENCRYPTED = (4, 6)
+_PDF_NO_ERROR = 2
 
 
 class PageError(Exception):
@@ -51,14 +55,18 @@ def document_pages(path: str, *, dpi: int) -> list[tuple[int, float]]:
 
 
 def probe_pages(path: str, *, dpi: int) -> list[tuple[int, float]] | None:
-    """Like `document_pages`, but None for a file that cannot be read (the worker will say why)."""
+    """Like `document_pages`, but None for a file that cannot be read (the worker will say why).
+
+    Never raises for what a file holds: a damaged header makes decoders raise anything (`TypeError`,
+    `KeyError`, `struct.error`...), and one bad file must not stop planning the others.
+    """
     try:
         if is_url(path):
             return probe_data(_fetch(path), path, dpi=dpi)
         _check_file(path)
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:
             return _probe(handle, path, path, dpi)
-    except (PageError, OSError, ValueError, EOFError, SyntaxError, pdfium.PdfiumError):
+    except Exception:
         return None
 
 
@@ -66,7 +74,7 @@ def probe_data(data: bytes, name: str, *, dpi: int) -> list[tuple[int, float]] |
     """`probe_pages` of a document already in memory (an object read from a store); `name` is for messages."""
     try:
         return _probe(io.BytesIO(data), data, name, dpi) if data else None
-    except (PageError, OSError, ValueError, EOFError, SyntaxError, pdfium.PdfiumError):
+    except Exception:
         return None
 
 
@@ -78,11 +86,20 @@ def _probe(handle: BinaryIO, document: str | bytes, name: str, dpi: int) -> list
     with _pillow_open(handle, name) as image:
         if image.format != "TIFF":
             return [(0, float(image.width * image.height))]
-        costs = []
-        for index in range(getattr(image, "n_frames", 1)):
-            image.seek(index)
-            costs.append((index, float(image.width * image.height)))
-        return costs
+        return _tiff_frames(image)
+
+
+def _tiff_frames(image: Image.Image) -> list[tuple[int, float]]:
+    """Each frame's cost; a frame that cannot be read ends the list as one more page, so the worker says why."""
+    costs = [(0, float(image.width * image.height))]
+    while True:
+        try:
+            image.seek(len(costs))
+            costs.append((len(costs), float(image.width * image.height)))
+        except EOFError:  # the last frame was read: Pillow's own end of the frame list
+            return costs
+        except Exception:
+            return costs + [(len(costs), 0.0)]
 
 
 class PageReader:
@@ -113,7 +130,7 @@ class PageReader:
             return self._load_object(source, page)
         stat = _check_file(source)
         try:
-            with open(source, "rb") as handle:
+            with open_regular(source) as handle:
                 if _is_pdf(handle):
                     return self._load_pdf(source, page, (source, stat.st_size, stat.st_mtime_ns))
                 if source.lower().endswith(".pdf"):
@@ -144,7 +161,10 @@ class PageReader:
         if page >= len(pdf):
             raise PageError("PageOutOfRange", f"{source}: page {page} does not exist (the PDF has {len(pdf)} pages)")
         scale = self.dpi / 72
-        width, height = (round(side * scale) for side in pdf.get_page_size(page))
+        try:
+            width, height = (round(side * scale) for side in pdf.get_page_size(page))
+        except pdfium.PdfiumError as exc:
+            raise PageError("CorruptPdf", f"{source}: page {page} cannot be read: {exc}") from exc
         self._check_size(source, page, width, height, f"at {self.dpi} dpi ")
         try:
             pdf_page = pdf[page]
@@ -161,20 +181,28 @@ class PageReader:
 
     def _load_image(self, handle: BinaryIO, source: str, page: int) -> np.ndarray:
         with _pillow_open(handle, source) as image:
-            frames = getattr(image, "n_frames", 1) if image.format == "TIFF" else 1
-            if page >= frames:
-                raise PageError("PageOutOfRange",
-                                f"{source}: page {page} does not exist (the {image.format} file has {frames} pages)")
             try:
                 if page:
-                    image.seek(page)
+                    self._seek(image, source, page)
                 self._check_size(source, page, image.width, image.height, "")
                 image.load()
                 return _to_bgr(ImageOps.exif_transpose(image))
             except PageError:
                 raise
-            except (OSError, ValueError, EOFError, SyntaxError, MemoryError) as exc:
+            except Exception as exc:  # a damaged file makes decoders raise anything (TypeError, KeyError...)
                 raise _decode_error(source, exc) from exc
+
+    @staticmethod
+    def _seek(image: Image.Image, source: str, page: int) -> None:
+        # Straight to the frame, never counting them all first: a damaged later frame must not fail earlier ones.
+        if image.format == "TIFF":
+            try:
+                image.seek(page)
+                return
+            except EOFError:  # Pillow's end of the frame list
+                pass
+        raise PageError("PageOutOfRange", f"{source}: page {page} does not exist "
+                        f"(the {image.format} file has {_frame_count(image)} pages)")
 
     def _check_size(self, source: str, page: int, width: int, height: int, how: str) -> None:
         if width * height > self.max_pixels:
@@ -185,16 +213,51 @@ class PageReader:
                             "(too small to hold text)")
 
 
+def _frame_count(image: Image.Image) -> str:
+    if image.format != "TIFF":
+        return "1"  # the frames of an animation are not pages
+    try:
+        return str(image.n_frames)
+    except Exception:  # a damaged frame after the last one read
+        return "fewer"
+
+
+def open_regular(path: str) -> BinaryIO:
+    """`open(path, "rb")` for a regular file only: a FIFO or a device (say a link to `/dev/zero`) is `NotAFile`.
+
+    The target's type is checked before opening (opening a device can act on it), then again on the
+    descriptor, opened without blocking: a FIFO swapped in between cannot hang the reader either.
+    """
+    try:
+        if not stat_mode.S_ISREG(os.stat(path).st_mode):
+            raise _not_a_file(path)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _os_error(path, exc) from exc
+    try:
+        if not stat_mode.S_ISREG(os.fstat(fd).st_mode):
+            raise _not_a_file(path)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _check_file(path: str) -> os.stat_result:
     try:
         stat = os.stat(path)
     except OSError as exc:
         raise _os_error(path, exc) from exc
-    if not os.path.isfile(path):
-        raise PageError("NotAFile", f"{path}: not a regular file")
+    if not stat_mode.S_ISREG(stat.st_mode):
+        raise _not_a_file(path)
     if stat.st_size == 0:
         raise PageError("EmptyFile", f"{path}: the file is empty (0 bytes)")
     return stat
+
+
+def _not_a_file(path: str) -> PageError:
+    return PageError("NotAFile", f"{path}: not a regular file (a folder, FIFO, socket or device)")
 
 
 def _fetch(url: str) -> bytes:
@@ -235,12 +298,20 @@ def _is_pdf(handle: BinaryIO) -> bool:
 
 def _open_pdf(document: str | bytes, name: str) -> pdfium.PdfDocument:
     """A PDF from a path or from its bytes; `name` is the source, for messages."""
+    # PDFium's last error is global and only set on some failures: a PDF of no pages fails setting none, and
+    # would report whatever failed before it (EncryptedPdf after an encrypted one). So set a known one first.
+    found = pdfium_raw.FPDF_LoadDocument(b"/nonexistent/ocrfleet-reset-pdfium-error", None)
+    if found:  # never, unless someone made that file
+        pdfium_raw.FPDF_CloseDocument(found)
     try:
         return pdfium.PdfDocument(document)
     except pdfium.PdfiumError as exc:
-        if getattr(exc, "err_code", None) in _PDF_ENCRYPTED:
+        code = getattr(exc, "err_code", None)
+        if code in _PDF_ENCRYPTED:
             raise PageError("EncryptedPdf", f"{name}: the PDF is encrypted and needs a password; "
                             "decrypt it first (e.g. qpdf --decrypt)") from exc
+        if code == _PDF_NO_ERROR:
+            raise PageError("EmptyPdf", f"{name}: the PDF has no pages (none that PDFium can find)") from exc
         raise PageError("CorruptPdf", f"{name}: not a readable PDF ({exc})") from exc
 
 

@@ -85,6 +85,9 @@ def parse_devices(spec: str) -> DeviceRequest:
     if not match:
         raise DeviceError(f"devices: {spec!r} is not one of auto, gpu, gpu:0,2,3, cpu, cpu:N")
     kind, arg = match.group(1), match.group(2)
+    if arg is not None and re.search(r"(?:^|,)\s*(?:auto|gpu|cpu)\b", arg):
+        raise DeviceError(f"devices: {spec!r} mixes kinds of device; one run uses one kind: auto, gpu, gpu:0,2,3, "
+                          "cpu or cpu:N")
     if kind == "auto":
         if arg is not None:
             raise DeviceError(f"devices: 'auto' takes no list, got {spec!r}")

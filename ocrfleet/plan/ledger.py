@@ -3,7 +3,8 @@
 An output dir accumulates: `results.jsonl` from the last finished run, `carried.jsonl` (the earlier
 records the current plan reuses) and `records/*.jsonl` from workers, possibly of a run that was
 killed. A record is reused when its page, its file's content and the settings that made it are the
-same; everything else is planned again. So a rerun after a crash, a nightly run over a growing folder,
+same; everything else is planned again. A failure caused by the machine rather than the file is planned
+again, except a dangling symlink's while the link is unchanged (a folder holding one reaches "nothing to do"). So a rerun after a crash, a nightly run over a growing folder,
 and a run with a new model all go through this one rule.
 """
 
@@ -11,12 +12,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
 from pydantic import ValidationError
 
+from ocrfleet.inputs.pages import PageError, open_regular
 from ocrfleet.records import Page, PageRef, RecordIdentity, complete_lines
 from ocrfleet.inputs.storage import is_url, url_sha256
 
@@ -75,11 +78,22 @@ def split_done(pages: Iterable[P], prior: dict[Key, Prior], settings_for: Callab
 def reusable(record: RecordIdentity, page: Page | PageRef, settings: str, hasher: Callable[[str], str | None]) -> bool:
     if record.settings != settings:
         return False
-    if record.status == "failed" and record.error_class in TRANSIENT:
+    if record.status == "failed" and record.error_class in TRANSIENT and not _still_dangling(record, page):
         return False
     if page.mtime_ns and record.size == page.size and record.mtime_ns == page.mtime_ns:
         return True  # unchanged on disk, as make and rsync judge it; only a touched file costs a hash
     return record.sha256 is not None and record.sha256 == hasher(page.source)
+
+
+def _still_dangling(record: RecordIdentity, page: Page | PageRef) -> bool:
+    """A `FileVanished` page that is a dangling symlink, the link unchanged: its failure stands until the link moves.
+
+    Planning gives a broken link its own size and mtime (lstat), so the link, not its missing target, is judged;
+    a file that was really gone for a while has its own facts, and is tried again.
+    """
+    return (record.error_class == "FileVanished" and bool(page.mtime_ns) and record.size == page.size
+            and record.mtime_ns == page.mtime_ns and not is_url(page.source) and os.path.islink(page.source)
+            and not os.path.exists(page.source))
 
 
 def file_sha256(path: str) -> str | None:
@@ -88,9 +102,9 @@ def file_sha256(path: str) -> str | None:
         return url_sha256(path)
     digest = hashlib.sha256()
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:  # a FIFO or /dev/zero would never end
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
-    except OSError:
+    except (OSError, PageError):
         return None
     return digest.hexdigest()

@@ -23,7 +23,7 @@ from ocrfleet.plan.ledger import CARRIED, Prior, prior_records, split_done
 from ocrfleet.plan.models import (REC_BATCH, Engine, ModelDirs, bundled_dir, default_cache_dir, fingerprint, is_bundled,
                           materialize)
 from ocrfleet.plan.placement import Placement, default_threads, launcher_warning, place, worker_env_overrides
-from ocrfleet.records import Page, PageRecord, PageRef, read_jsonl, write_atomic
+from ocrfleet.records import JsonModel, Page, PageRecord, PageRef, read_jsonl, write_atomic
 from ocrfleet.inputs.storage import Stat, stat_sources
 
 _VERSIONED = ("ocrfleet", "paddleocr", "paddlex", "paddlepaddle", "paddlepaddle-gpu", "onnxruntime",
@@ -41,7 +41,7 @@ class ShardPlan(BaseModel):
     cost: float
 
 
-class Plan(BaseModel):
+class Plan(JsonModel):
     """`run.json`: the resolved config, models, shards and versions of a run."""
 
     model_config = ConfigDict(frozen=True)
@@ -153,7 +153,7 @@ def pages_to_do(config: JobConfig, settings: str) -> tuple[list[Page], list[Page
     """The pages `config` names; of them, those without a usable record under `settings`; the records reused."""
     candidates = failed_pages(config) if config.only_failed else list_pages(
         config.inputs, dpi=config.pdf_dpi, include_globs=config.include_globs, exclude_globs=config.exclude_globs,
-        manifest_path_column=config.manifest_path_column)
+        manifest_path_column=config.manifest_path_column, leave_out=str(config.output_dir))
     prior = prior_records(Path(config.output_dir))
     if config.retry_failed:  # failed records are not reused: their pages are done again
         prior = {key: earlier for key, earlier in prior.items() if earlier.identity.status != "failed"}

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
 from ocrfleet.inputs.pages import PageError, load_page
-from ocrfleet.records import PageRecord
+from ocrfleet.records import PageRecord, escape_surrogates
 from ocrfleet.inputs.storage import is_url
 
 log = logging.getLogger(__name__)
@@ -96,8 +96,8 @@ def _number(value: float) -> int | float:
 def _page_jsons(records: Iterable[PageRecord]) -> Iterable[tuple[Path, bytes]]:
     for record in records:
         if record.status == "ok":
-            # indent=4 and ensure_ascii=False: exactly PaddleOCR's JsonWriter.
-            text = json.dumps(paddleocr_result(record), indent=4, ensure_ascii=False)
+            # indent=4 and ensure_ascii=False: exactly PaddleOCR's JsonWriter; a name's undecodable bytes as in records.
+            text = escape_surrogates(json.dumps(paddleocr_result(record), indent=4, ensure_ascii=False))
             yield mirrored(record.source, f".p{record.page:05d}.json"), text.encode("utf-8")
 
 
@@ -186,6 +186,15 @@ SCHEMA = pa.schema([
 ])
 
 
+def _utf8(name: str) -> str:
+    """Parquet strings are UTF-8: a name's undecodable bytes are written as `\\xNN` there (results.jsonl is exact)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return name
+
+
 def _write_parquet(path: Path, records: Sequence[PageRecord]) -> Path:
     """`results.parquet`, built column by column (flat arrays plus offsets: fast for millions of lines)."""
     offsets, texts, scores, coords = [0], [], [], []
@@ -200,11 +209,11 @@ def _write_parquet(path: Path, records: Sequence[PageRecord]) -> Path:
         [pa.array(texts, pa.string()), pa.array(scores, pa.float64()), boxes], fields=list(_LINE)))
     counts = [len(record.lines) for record in records]
     table = pa.Table.from_arrays([
-        pa.array([record.source for record in records], pa.string()),
+        pa.array([_utf8(record.source) for record in records], pa.string()),
         pa.array([record.page for record in records], pa.int32()),
         pa.array([record.status for record in records], pa.string()),
         pa.array([record.text for record in records], pa.string()),
-        pa.array([record.error for record in records], pa.string()),
+        pa.array([record.error and _utf8(record.error) for record in records], pa.string()),
         pa.array([record.error_class for record in records], pa.string()),
         pa.array(counts, pa.int32()),
         pa.array([sum(line.score for line in record.lines) / n if n else None for record, n in zip(records, counts)],

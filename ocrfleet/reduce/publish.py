@@ -3,12 +3,18 @@
 The run dir itself stays on POSIX storage (records are appended, files renamed into place, the dir
 flock'ed); publishing is the one step that writes elsewhere, after a valid reduce:
 
-1. the target's `summary.json` is removed first: while it is absent the target is being changed;
+Publish deletes and overwrites only what it published. `.ocrfleet-published.json` at the target lists the
+files the last publish wrote there; a file at the target under a published name (`summary.json`,
+`results.jsonl`, `text/...`) that this list does not hold is someone else's: a publish that would overwrite
+one is refused before anything changes (`PublishRefused`, naming it), and one it would not write is left alone.
+
+1. the list is extended with this run's files first, so that a publish that dies halfway leaves nothing of
+   ours unlisted; then the target's `summary.json` (ours) is removed: while it is absent the target is changing;
 2. `results.jsonl`, `failures.jsonl`, `results.parquet` and the `text/`, `pages/`, `vis/` trees are copied.
    On a local path or `file://` URL (local disk, NFS) each file is written beside its target and renamed,
    so a reader sees the old file or the new one. An object store has no rename: each file is one whole-object
    PUT (`fs.put`, concurrently), and an object appears whole or not at all, never half-written;
-3. files under those names that the run no longer has are removed (nothing else under the target is touched);
+3. files an earlier publish listed that this run no longer has are removed, and the list becomes this run's;
 4. `summary.json` is written last: its presence means every file above is the finished run's.
 
 So a reader that finds `summary.json` (and reads it before the rest) gets one complete run.
@@ -17,6 +23,7 @@ Plain module: never imports Prefect.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -30,6 +37,11 @@ from ocrfleet.inputs.storage import local_path
 
 PUBLISHED = ("results.jsonl", "failures.jsonl", "results.parquet", "text", "pages", "vis")
 MARKER = "summary.json"
+LISTING = ".ocrfleet-published.json"  # the files the last publish wrote at the target, relative POSIX paths
+
+
+class PublishRefused(FileExistsError):
+    """The target holds files ocrfleet did not publish under names a publish would overwrite."""
 
 
 class Published(NamedTuple):
@@ -49,7 +61,15 @@ def publish(run_dir: Path, target: str) -> Published:
     root = root.rstrip("/")
     fs.invalidate_cache(root)  # what an earlier publish from this process listed may have changed since
     files = finished_files(run_dir)
-    if fs.exists(f"{root}/{MARKER}"):
+    ours, there = _listed(fs, root), _present(fs, root)
+    foreign = sorted((there - ours) & {*files, MARKER})
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise PublishRefused(f"publish_to {target} holds files ocrfleet did not publish there ({shown}; no "
+                             f"{LISTING} lists them): refused rather than overwrite them; publish to another "
+                             "target, or move those files away")
+    _write_listing(fs, root, ours | {*files, MARKER})
+    if MARKER in there:
         fs.rm_file(f"{root}/{MARKER}")
     sources, targets = [str(run_dir / name) for name in files], [f"{root}/{name}" for name in files]
     if isinstance(fs, LocalFileSystem):
@@ -57,9 +77,10 @@ def publish(run_dir: Path, target: str) -> Published:
             _copy_atomic(Path(source), Path(destination))
     elif files:
         fs.put(sources, targets)  # one whole-object PUT each, as many at once as the file system batches
-    stale = _stale(fs, root, set(files))
+    stale = sorted(f"{root}/{name}" for name in (ours & there) - {*files, MARKER})
     if stale:
         fs.rm(stale)
+    _write_listing(fs, root, {*files, MARKER})
     if isinstance(fs, LocalFileSystem):
         write_atomic(Path(root) / MARKER, marker.read_text(encoding="utf-8"))
     else:
@@ -98,13 +119,28 @@ def _copy_atomic(source: Path, target: Path) -> None:
     os.replace(tmp, target)
 
 
-def _stale(fs, root: str, published: set[str]) -> list[str]:
-    """Files at the target under the published names that this run does not have (an earlier run's)."""
-    stale = []
-    for name in PUBLISHED:
+def _present(fs, root: str) -> set[str]:
+    """The files at the target under the names a publish writes, relative to it."""
+    found = []
+    for name in (*PUBLISHED, MARKER):
         try:
-            found = fs.find(f"{root}/{name}")
+            found += fs.find(f"{root}/{name}")
         except FileNotFoundError:
             continue
-        stale += [path for path in found if path[len(root) + 1:] not in published]
-    return stale
+    return {path[len(root) + 1:] for path in found}
+
+
+def _listed(fs, root: str) -> set[str]:
+    """The files an earlier publish wrote at the target, from its listing (none when absent)."""
+    try:
+        return set(json.loads(fs.cat_file(f"{root}/{LISTING}"))["files"])
+    except FileNotFoundError:
+        return set()
+
+
+def _write_listing(fs, root: str, files: set[str]) -> None:
+    text = json.dumps({"files": sorted(files)}, indent=0) + "\n"
+    if isinstance(fs, LocalFileSystem):
+        write_atomic(Path(root) / LISTING, text)
+    else:
+        fs.pipe_file(f"{root}/{LISTING}", text.encode())

@@ -13,7 +13,7 @@ from ocrfleet.reduce.outputs import write_outputs
 from ocrfleet.config import JobConfig
 from ocrfleet.plan.planning import (Plan, make_plan, pages_to_do, read_manifest, read_plan, retried_path,
                                     shard_paths)
-from ocrfleet.records import PageRecord, RecordIdentity, ShardReport, complete_lines, write_atomic
+from ocrfleet.records import JsonModel, PageRecord, RecordIdentity, ShardReport, complete_lines, write_atomic
 
 
 def counted(count: int, noun: str) -> str:
@@ -33,7 +33,7 @@ class ShardSummary(BaseModel):
     report: ShardReport | None = None
 
 
-class Totals(BaseModel):
+class Totals(JsonModel):
     """Page counts, warnings and problems: what decides whether a run (or a corpus of runs) is valid."""
 
     pages_planned: int  # every page the inputs name: each is ok, failed or skipped as already done
