@@ -81,7 +81,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     with hold_run_dir(Path(config.output_dir), "ocrfleet run: up-to-date check"):
         finished = up_to_date(config)
     if finished is not None:  # nothing new since the last run: no Prefect run, no model load
-        print(f"ocrfleet: nothing to do: all {finished.pages_planned} pages are done already "
+        done = "the 1 page is" if finished.pages_planned == 1 else f"all {finished.pages_planned} pages are"
+        print(f"ocrfleet: nothing to do: {done} done already "
               f"(results: {Path(config.output_dir) / 'results.jsonl'})")
         if finished.valid and config.publish_to and not is_published(Path(config.output_dir), config.publish_to):
             publish(Path(config.output_dir), config.publish_to)  # the last run's publish failed or was undone
