@@ -16,6 +16,7 @@ install: $(BIN)/ocrfleet
 
 # The main job on the bundled sample pages: 2 CPU workers, Prefect's local (ephemeral) API.
 demo: install
+	mkdir -p $(dir $(DEMO_OUT))  # ocrfleet creates only the run dir itself, never its parents
 	$(BIN)/ocrfleet run samples/pages --output $(DEMO_OUT) --devices cpu:2
 	@echo "results: $(DEMO_OUT)/results.jsonl  summary: $(DEMO_OUT)/summary.json"
 

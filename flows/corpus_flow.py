@@ -13,9 +13,11 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from ocrfleet.tasks.cancel_watch import CancelWatch
 from ocrfleet.corpus import ChunkPlan, ChunkRun, CorpusConfig, CorpusSummary
-from ocrfleet.tasks.corpus_tasks import cancel_chunk_runs, plan_chunks, reduce_chunks, reset_corpus, run_chunk, stop_corpus
+from ocrfleet.tasks.corpus_tasks import (cancel_chunk_runs, claim_corpus, plan_chunks, reduce_chunks, reset_corpus,
+                                         run_chunk, stop_corpus)
 from ocrfleet.run.lock import hold_run_dir
 from ocrfleet.tasks.ocr_tasks import publish_outputs
+from ocrfleet.run.preflight import preflight
 from ocrfleet.tasks.policy_check import check_allowed
 from ocrfleet.tasks.reporting import ProgressReporter, publish_corpus_summary
 
@@ -42,6 +44,7 @@ def _count(progress: ProgressReporter, spec: ChunkPlan, done: PrefectFuture) -> 
 def corpus_run(config: CorpusConfig) -> CorpusSummary:
     """OCR a corpus in chunks spread over every machine's worker; fail unless each page has exactly one record."""
     check_allowed(config.job)  # before anything is created: a run outside the machine's allowed roots fails here
+    preflight(config.job, devices=False)  # the output dir and the inputs, still before anything is created
     started = time.monotonic()
     holder = f"corpus flow run {flow_run.get_name() or flow_run.get_id()}"
     corpus_flow_run_id, logger = UUID(flow_run.get_id()), get_run_logger()
@@ -54,8 +57,10 @@ def corpus_run(config: CorpusConfig) -> CorpusSummary:
         reset_corpus(config.job.output_dir)
         with CancelWatch(stop) as cancel:
             plan = plan_chunks(config)
+            adopted = claim_corpus(config, plan)  # a controller that died left its chunk runs going: follow them
             progress = ProgressReporter(plan.pages_total, len(plan.chunks), min_interval_s=0, unit="chunks")
-            futures = [run_chunk.submit(config, spec) for spec in plan.chunks]
+            name = flow_run.get_name() or "corpus"
+            futures = [run_chunk.submit(config, spec, name, adopted.get(spec.chunk)) for spec in plan.chunks]
             for spec, future in zip(plan.chunks, futures):
                 future.add_done_callback(lambda done, spec=spec: _count(progress, spec, done))
             wait(futures)

@@ -12,8 +12,9 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from ocrfleet.tasks.cancel_watch import CancelWatch
 from ocrfleet.config import JobConfig
-from ocrfleet.run.launch import abort_run, reset_run
+from ocrfleet.run.launch import StorageFailed, abort_run, reset_run
 from ocrfleet.run.lock import hold_devices, hold_run_dir
+from ocrfleet.run.preflight import preflight
 from ocrfleet.tasks.policy_check import check_allowed
 from ocrfleet.tasks.ocr_tasks import plan_run, publish_outputs, reduce_shards, run_shard
 from ocrfleet.tasks.reporting import ProgressReporter, publish_cancelled, publish_summary
@@ -31,6 +32,7 @@ class RunInvalid(RuntimeError):
 def ocr_run(config: JobConfig) -> RunSummary:
     """OCR every input on every planned device; fail unless each page has exactly one record."""
     check_allowed(config)  # before anything is created: a run outside the machine's allowed roots fails here
+    preflight(config)  # everything else checkable, before anything is created: a refused run leaves nothing on disk
     started = time.monotonic()
     run_dir = Path(config.output_dir)
     holder = f"flow run {flow_run.get_name() or flow_run.get_id()}"
@@ -47,11 +49,12 @@ def ocr_run(config: JobConfig) -> RunSummary:
                     futures = [shard_task.submit(run_dir, spec, progress) for spec in plan.shards]
                     wait(futures)
                 if not cancel.cancelled.is_set():
-                    shard_errors = {
-                        spec.shard: str(future.state.result(raise_on_failure=False))
-                        for spec, future in zip(plan.shards, futures)
-                        if not future.state.is_completed()
-                    }
+                    errors = {spec.shard: future.state.result(raise_on_failure=False)
+                              for spec, future in zip(plan.shards, futures) if not future.state.is_completed()}
+                    storage = [error for error in errors.values() if isinstance(error, StorageFailed)]
+                    if storage:  # the machine's fault: no reduce onto a failing disk, no page blamed
+                        raise storage[0]
+                    shard_errors = {shard: str(error) for shard, error in errors.items()}
                     summary = reduce_shards(run_dir, shard_errors, time.monotonic() - started)
                     if summary.valid and config.publish_to:
                         publish_outputs(run_dir, config.publish_to)

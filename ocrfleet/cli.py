@@ -8,8 +8,12 @@ import gc
 import json
 import logging
 import os
+import signal
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NoReturn
 
 import yaml
 from pydantic import ValidationError
@@ -20,19 +24,115 @@ from ocrfleet.plan.devices import DeviceError, visible_gpus
 from ocrfleet.plan.nvml import NvmlUnavailable, nvml_inventory
 from ocrfleet.inputs.listing import InputError, check_inputs
 from ocrfleet.run.lock import RunDirBusy, check_run_dir, hold_run_dir
+from ocrfleet.run.rundir import RunDirRefused
 from ocrfleet.plan.placement import place
 from ocrfleet.policy import PolicyError, check_run
 from ocrfleet.run.progress import ProgressBar
 from ocrfleet.reduce.publish import is_published, publish
-from ocrfleet.reduce.summary import counted, up_to_date
+from ocrfleet.reduce.summary import RunSummary, counted, up_to_date
 
-_EXPECTED = (ConfigError, DeviceError, InputError, PolicyError, RunDirBusy)
+_EXPECTED = (ConfigError, DeviceError, InputError, PolicyError, RunDirBusy, RunDirRefused)
 _FLOW_COMMANDS = ("run", "reprocess", "corpus")  # commands that run a Prefect flow in this process
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_STOP_BUDGET_S = 10.0  # the longest a stop waits on the Prefect API before the process exits anyway
+
+
+class _Stop(BaseException):
+    """SIGINT or SIGTERM, raised in the main thread while it waits for the flow's thread."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    raise _Stop(signum)
+
+
+def _exit_now(signum: int, frame: object) -> None:
+    os._exit(128 + signum)  # a second signal while stopping: the user means now
+
+
+def _exit(code: int) -> NoReturn:
+    """End the process at once: Prefect's exit handlers would retry logs and states against an API that may be
+    gone (that held the exit for minutes)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _bounded(action: Callable[[], str], timeout_s: float = _STOP_BUDGET_S) -> str:
+    """`action()`'s message, or why there is none: an unreachable API must not hold a stop."""
+    outcome: list[str] = []
+
+    def attempt() -> None:
+        try:
+            outcome.append(action())
+        except Exception as exc:  # the stop goes on: the process exits all the same
+            outcome.append(f"could not finish ({type(exc).__name__}: {exc})")
+
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    return outcome[0] if outcome else f"no answer from the Prefect API within {timeout_s:g}s"
+
+
+def _run_flow(call: Callable[[], Any], on_stop: Callable[[str], str], server: Any = None,
+              on_lost: Callable[[], int] | None = None) -> Any:
+    """Run the flow `call` in a thread; the main thread keeps SIGINT/SIGTERM and watches the local API server.
+
+    In the main thread, Prefect's engine turns these signals into exceptions that unwind only once every
+    task thread has returned (workers ran their whole shards), then reports to an API that Ctrl-C may
+    have stopped. Here a signal runs `on_stop(reason)` (stop the work; its message is printed), stops the
+    temporary API server and exits 128+signal within seconds. A temporary API server that exits under
+    the run stops the work the same way, then `on_lost()` judges the run from its files and gives the
+    exit code.
+    """
+    if server is not None:  # Prefect's server modules are heavy: imported only with a local server to watch
+        from ocrfleet.tasks.local_api import lost, stop_local_api
+
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["state"] = call()
+        except BaseException as exc:  # re-raised in the main thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name="ocrfleet-flow", daemon=True)
+    try:
+        for signum in _STOP_SIGNALS:
+            signal.signal(signum, _raise_stop)
+        thread.start()
+        while thread.is_alive():
+            thread.join(0.5)
+            if server is not None and thread.is_alive() and (code := lost(server)) is not None:
+                for signum in _STOP_SIGNALS:
+                    signal.signal(signum, _exit_now)
+                print(f"\nocrfleet: the temporary Prefect API server exited (code {code}) during the run; "
+                      f"{_bounded(lambda: on_stop('the Prefect API server is gone'))}", file=sys.stderr)
+                _exit(on_lost() if on_lost is not None else 1)
+    except _Stop as stop:
+        for signum in _STOP_SIGNALS:
+            signal.signal(signum, _exit_now)
+        name = signal.Signals(stop.signum).name
+        print(f"\nocrfleet: {name}: stopping", file=sys.stderr, flush=True)
+        done = _bounded(lambda: on_stop(f"stopped by {name}"))
+        if server is not None:
+            stop_local_api(server)
+        print(f"ocrfleet: stopped by {name}: {done}", file=sys.stderr)
+        _exit(128 + stop.signum)
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["state"]
 
 
 def _job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="*", help="image/PDF/TIFF files, directories, glob patterns or manifests")
-    parser.add_argument("--output", "-o", dest="output_dir", type=Path, help="run directory (local disk or NFS)")
+    parser.add_argument("--output", "-o", dest="output_dir", type=_output_dir,
+                        help="run directory (local disk or NFS): a new or empty folder, or an earlier run's")
     parser.add_argument("--publish-to", help="after a valid run, copy its outputs to this path or URL (s3://...)")
     parser.add_argument("--config", "-c", type=Path, help="YAML config (see configs/default.yaml)")
     parser.add_argument("--devices", help="auto, gpu, gpu:0,2,3, cpu or cpu:N")
@@ -40,6 +140,12 @@ def _job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", choices=["auto", "paddle", "onnxruntime"])
     parser.add_argument("--max-failure-rate", type=float)
     parser.add_argument("--threads-per-worker", type=int)
+
+
+def _output_dir(value: str) -> Path:
+    if not value.strip():  # Path("") is ".": the run would land in the current directory
+        raise argparse.ArgumentTypeError("empty: name a folder for the run")
+    return Path(value)
 
 
 def _config(args: argparse.Namespace) -> JobConfig:
@@ -52,20 +158,20 @@ def _config(args: argparse.Namespace) -> JobConfig:
 
 
 def _preflight(config: JobConfig) -> None:
-    """Checks that fail in a message before Prefect starts: the inputs are listed (not opened), the devices placed."""
-    from ocrfleet.plan.planning import place_for
+    """Checks that fail in a message before Prefect starts: the inputs are listed (not opened), the output dir and
+    the devices checked (`ocrfleet.run.preflight`); nothing is created."""
+    from ocrfleet.run.preflight import preflight
 
     _check_utf8_arguments(config)
     if not config.only_failed:  # missing files, empty folders, bad manifest rows: exit 2, not a flow's traceback
         check_inputs(config.inputs, include_globs=config.include_globs, exclude_globs=config.exclude_globs,
                      manifest_path_column=config.manifest_path_column, leave_out=str(config.output_dir))
-    place_for(config)
-    check_run_dir(Path(config.output_dir))
+    preflight(config, list_inputs=False)  # the inputs are listed just above
 
 
 def _check_utf8_arguments(config: JobConfig) -> None:
     """A flow's Prefect parameters are JSON text, which cannot carry a name whose bytes are not UTF-8."""
-    for name in (*config.inputs, str(config.output_dir), config.derived_from or ""):
+    for name in (*config.inputs, str(config.output_dir), str(config.derived_from or "")):
         try:
             name.encode("utf-8")
         except UnicodeEncodeError:
@@ -78,22 +184,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = getattr(args, "resolved", None) or _config(args)
     check_run(config)  # the machine's allowed roots, before anything is created
     _preflight(config)
-    with hold_run_dir(Path(config.output_dir), "ocrfleet run: up-to-date check"):
-        finished = up_to_date(config)
+    finished = None
+    if (Path(config.output_dir) / "summary.json").is_file():  # only a reduced run can be up to date
+        with hold_run_dir(Path(config.output_dir), "ocrfleet run: up-to-date check"):
+            finished = up_to_date(config)
     if finished is not None:  # nothing new since the last run: no Prefect run, no model load
         done = "the 1 page is" if finished.pages_planned == 1 else f"all {finished.pages_planned} pages are"
         print(f"ocrfleet: nothing to do: {done} done already "
               f"(results: {Path(config.output_dir) / 'results.jsonl'})")
-        if finished.valid and config.publish_to and not is_published(Path(config.output_dir), config.publish_to):
-            publish(Path(config.output_dir), config.publish_to)  # the last run's publish failed or was undone
-            print(f"ocrfleet: published to {config.publish_to}")
-        print(f"ocrfleet: {finished.verdict()}")
-        return 0 if finished.valid else 1
+        return _finished(config, finished)
     from ocrfleet.flows.ocr_flow import ocr_run  # Prefect is imported only by commands that run a flow
+    from ocrfleet.run.launch import abort_run
+    from ocrfleet.tasks.local_api import start_local_api
 
-    with ProgressBar(Path(config.output_dir)):
-        state = ocr_run(config=config, return_state=True)
     run_dir = Path(config.output_dir)
+
+    def stop(why: str) -> str:
+        abort_run(run_dir, why)
+        return "its workers are stopped; the same command again resumes from the records written"
+
+    server = start_local_api()  # before the flow's thread: so that it dies with this process
+    with ProgressBar(run_dir):
+        state = _run_flow(lambda: ocr_run(config=config, return_state=True), stop, server,
+                          on_lost=lambda: _judged_by_files(config))
     if state.is_completed():
         print(f"\nresults: {run_dir / 'results.jsonl'}\nsummary: {run_dir / 'summary.json'}")
         if config.publish_to:
@@ -106,6 +219,31 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     print(f"\nresults: {run_dir / 'results.jsonl'}\nsummary: {run_dir / 'summary.json'}")
     print(f"ocrfleet: run failed: {state.message}", file=sys.stderr)
+    return 1
+
+
+def _finished(config: JobConfig, finished: RunSummary) -> int:
+    """Report a run the output dir says is finished (publishing it if that was left undone); its exit code."""
+    if finished.valid and config.publish_to and not is_published(Path(config.output_dir), config.publish_to):
+        publish(Path(config.output_dir), config.publish_to)  # the last run's publish failed or was undone
+        print(f"ocrfleet: published to {config.publish_to}")
+    print(f"ocrfleet: {finished.verdict()}")
+    return 0 if finished.valid else 1
+
+
+def _judged_by_files(config: JobConfig) -> int:
+    """Without its API the run cannot finish in Prefect; its files say whether it finished all the same."""
+    try:
+        finished = up_to_date(config)
+    except Exception as exc:  # noqa: BLE001 - the verdict is "not finished", with the reason
+        finished, why = None, f"{type(exc).__name__}: {exc}"
+    else:
+        why = "its reduce had not finished"
+    if finished is not None and finished.valid:
+        print(f"\nresults: {Path(config.output_dir) / 'results.jsonl'}")
+        return _finished(config, finished)
+    print(f"ocrfleet: run interrupted ({why}); the same command again resumes from the records written",
+          file=sys.stderr)
     return 1
 
 
@@ -210,10 +348,23 @@ def cmd_corpus(args: argparse.Namespace) -> int:
     _check_utf8_arguments(config.job)
     check_run(config.job)
     check_run_dir(Path(config.job.output_dir))
-    from ocrfleet.flows.corpus_flow import corpus_run
+    from prefect import tags
 
-    state = corpus_run(config=config, return_state=True)
+    from ocrfleet.flows.corpus_flow import corpus_run
+    from ocrfleet.tasks.corpus_tasks import corpus_tag, stop_corpus_dir
+
     out = Path(config.job.output_dir)
+
+    def run() -> Any:
+        with tags(corpus_tag(out)):  # so that a signal handler, or the next controller, finds this corpus run
+            return corpus_run(config=config, return_state=True)
+
+    def stop(why: str) -> str:
+        stopped = stop_corpus_dir(out, why)
+        return (f"the corpus run is cancelled, and its {len(stopped)} chunk run(s) still going; "
+                "the same command again resumes")
+
+    state = _run_flow(run, stop)
     print(f"\nresults: {out / 'results.jsonl'}\nsummary: {out / 'summary.json'}")
     if state.is_completed():
         print(f"ocrfleet: {state.result().verdict()}")

@@ -155,6 +155,9 @@ class JobConfig(BaseModel):
     @field_validator("output_dir", mode="before")
     @classmethod
     def _output_dir_posix(cls, value: Any) -> Any:
+        if value is not None and not str(value).strip():
+            raise ValueError("output_dir is empty: name a folder for the run (an empty path would be the "
+                             "current directory)")
         if isinstance(value, str) and is_url(value):
             raise ValueError(f"{value} is not a POSIX file system: a run dir needs appends, atomic renames and "
                              "file locks (local disk or NFS); give a local or NFS path, and publish_to: "

@@ -248,8 +248,9 @@ def reduce_corpus(plan: CorpusPlan, runs: dict[int, ChunkRun], wall_s: float | N
     output = Path(plan.job.output_dir)
     records: list[PageRecord] = []
     chunks: list[ChunkSummary] = []
+    earlier = _earlier_chunks(output)
     for spec in plan.chunks:
-        run = runs.get(spec.chunk, ChunkRun(chunk=spec.chunk))
+        run = _with_history(runs.get(spec.chunk, ChunkRun(chunk=spec.chunk)), earlier.get(spec.chunk), spec)
         chunk_records, problems = _reconcile_chunk(spec, run)
         records += chunk_records
         chunks.append(ChunkSummary(
@@ -272,6 +273,23 @@ def reduce_corpus(plan: CorpusPlan, runs: dict[int, ChunkRun], wall_s: float | N
         problems=problems)
     write_atomic(output / "summary.json", summary.model_dump_json(indent=2) + "\n")
     return summary
+
+
+def _earlier_chunks(output: Path) -> dict[int, ChunkSummary]:
+    """The chunks of the corpus `summary.json` an earlier run left, by chunk (none when unreadable)."""
+    try:
+        earlier = CorpusSummary.model_validate_json((output / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {chunk.chunk: chunk for chunk in earlier.chunks}
+
+
+def _with_history(run: ChunkRun, earlier: ChunkSummary | None, spec: ChunkPlan) -> ChunkRun:
+    """A chunk this run found done keeps the attempts, and their machines, of the run that did it."""
+    if run.flow_run_ids or run.state != "COMPLETED" or earlier is None or earlier.output_dir != spec.output_dir \
+            or earlier.state != "COMPLETED":
+        return run
+    return run.model_copy(update={"flow_run_ids": earlier.flow_run_ids, "workers": earlier.workers})
 
 
 def _reconcile_chunk(spec: ChunkPlan, run: ChunkRun) -> tuple[list[PageRecord], list[str]]:

@@ -88,6 +88,7 @@ def test_an_unauthenticated_client_cannot_start_a_run_and_the_authenticated_work
         tmp_path, monkeypatch, model_cache):
     scans, results = tmp_path / "scans", tmp_path / "results"
     draw_page(scans / "one.png", ["Fleet auth"], size=(400, 120))
+    results.mkdir()  # the allowed output root: a run creates its own dir in it, never the root itself
     draw_page(tmp_path / "elsewhere" / "secret.png", ["Secret"], size=(400, 120))
     monkeypatch.setenv("PREFECT_API_AUTH_STRING", AUTH)  # what `ocrfleet deploy` and its prefect CLI runs send
     home = tmp_path / "prefect"

@@ -142,6 +142,23 @@ def test_a_complete_corpus_is_valid_and_its_results_are_every_chunk_in_page_orde
     assert (tmp_path / "out" / "results.parquet").exists()
 
 
+def test_a_rerun_that_finds_every_chunk_done_keeps_their_attempt_history_in_the_summary(tmp_path):
+    config = config_for(corpus_inputs(tmp_path), tmp_path / "out", chunks=2)
+    plan, members = plan_corpus(config)
+    write_corpus_plan(plan, members)
+    for spec, group in zip(plan.chunks, members):
+        write_chunk_results(spec, [page.key for page in group])
+    first = reduce_corpus(plan, {0: ChunkRun(chunk=0, flow_run_ids=["a", "b"], workers=["m1", "m2"], state="COMPLETED"),
+                                 1: ChunkRun(chunk=1, flow_run_ids=["c"], workers=["m2"], state="COMPLETED")})
+    # The rerun starts nothing: each chunk is seen done from the control side.
+    again = reduce_corpus(plan, {0: ChunkRun(chunk=0, state="COMPLETED"), 1: ChunkRun(chunk=1, state="COMPLETED")})
+    history = [(2, ["a", "b"], ["m1", "m2"]), (1, ["c"], ["m2"])]
+    assert [(c.attempts, c.flow_run_ids, c.workers) for c in first.chunks] == history
+    assert [(c.attempts, c.flow_run_ids, c.workers) for c in again.chunks] == history
+    saved = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert [chunk["flow_run_ids"] for chunk in saved["chunks"]] == [["a", "b"], ["c"]]
+
+
 def test_a_chunk_is_presumed_dead_only_after_its_dir_is_silent_while_it_runs(tmp_path):
     now = [0.0]
     watch = StallWatch(tmp_path, stall_s=10, clock=lambda: now[0])
@@ -156,6 +173,79 @@ def test_a_chunk_is_presumed_dead_only_after_its_dir_is_silent_while_it_runs(tmp
     assert not watch.stalled("RUNNING")
     now[0] = 119
     assert watch.stalled("RUNNING") and watch.quiet_s() == 11
+
+
+class CancellingForever:
+    """An API client whose chunk run stays Cancelling: its machine died, so no worker ever stops it."""
+
+    def __init__(self) -> None:
+        from types import SimpleNamespace
+
+        self.forced: list[tuple[str, str]] = []
+        self.task_run = SimpleNamespace(id="task-run-1")
+
+    def read_flow_run(self, flow_run_id):
+        from types import SimpleNamespace
+
+        from prefect.client.schemas.objects import StateType
+
+        ended = next((state for run, state in self.forced if run == flow_run_id), None)
+        state_type = StateType(ended) if ended else StateType.CANCELLING
+        return SimpleNamespace(state_type=state_type, state=SimpleNamespace(message="cancelled"))
+
+    def set_flow_run_state(self, flow_run_id, state, force=False):
+        assert force, "a dead run takes no part in orchestration: only a forced state lands"
+        self.forced.append((flow_run_id, state.type.value))
+
+    def read_task_runs(self, **filters):
+        return [self.task_run]
+
+    def set_task_run_state(self, task_run_id, state, force=False):
+        self.forced.append((task_run_id, state.type.value))
+
+
+def test_a_cancelled_chunk_whose_machine_never_stops_it_is_forced_cancelled_with_its_task_runs(tmp_path, monkeypatch):
+    import uuid
+
+    from ocrfleet.tasks import corpus_tasks
+
+    config = config_for(corpus_inputs(tmp_path), tmp_path / "out", chunks=1, poll_s=0.01)
+    plan, members = plan_corpus(config)
+    monkeypatch.setattr(corpus_tasks, "CANCEL_GRACE_S", 0.05)
+    corpus_tasks._hold_starts(config.job.output_dir, "stopped by SIGINT")
+    try:
+        client, chunk_run = CancellingForever(), uuid.uuid4()
+        state, why = corpus_tasks._follow(client, chunk_run, plan.chunks[0], config)
+    finally:
+        corpus_tasks.reset_corpus(config.job.output_dir)
+    assert state == "CANCELLED" and "presumed dead" in why
+    assert client.forced == [(chunk_run, "CANCELLED"), ("task-run-1", "CANCELLED")]
+
+
+def test_an_attempt_refused_for_a_busy_chunk_dir_is_a_wait_not_one_of_the_chunks_attempts(tmp_path, monkeypatch):
+    """Orchestration only: the API and the chunk runs are stand-ins; each attempt's end is given."""
+    import logging
+    import uuid
+    from types import SimpleNamespace
+
+    from ocrfleet.tasks import corpus_tasks
+
+    config = config_for(corpus_inputs(tmp_path), tmp_path / "out", chunks=1, chunk_attempts=1, poll_s=0.01)
+    plan, members = plan_corpus(config)
+    write_corpus_plan(plan, members)
+    ends = iter([("FAILED", "Flow run encountered an exception: RunDirBusy: held by pid 7 on machine-a"),
+                 ("COMPLETED", "All states completed.")])
+    names: list[str] = []
+    client = SimpleNamespace(read_flow_run=lambda flow_run_id: SimpleNamespace(labels={"prefect.worker.name": "m1"}))
+    monkeypatch.setattr(corpus_tasks, "get_run_logger", lambda: logging.getLogger("test"))
+    monkeypatch.setattr(corpus_tasks, "get_client", lambda sync_client: contextlib.nullcontext(client))
+    monkeypatch.setattr(corpus_tasks, "wait_until_free", lambda *args: None)
+    monkeypatch.setattr(corpus_tasks, "_start_attempt", lambda config, spec, parameters, name: names.append(name)
+                        or uuid.uuid4())
+    monkeypatch.setattr(corpus_tasks, "_follow", lambda client, flow_run_id, spec, config: next(ends))
+    run = corpus_tasks.run_chunk.fn(config, plan.chunks[0], "nightly-corpus")
+    assert run.state == "COMPLETED" and run.error is None and len(run.flow_run_ids) == 2
+    assert names == ["nightly-corpus-chunk-00000-try1", "nightly-corpus-chunk-00000-try2"]
 
 
 class MachineKiller:
@@ -295,7 +385,9 @@ def test_a_corpus_over_two_machines_completes_exactly_once_when_one_dies_mid_chu
     assert resumed["pages_skipped"] >= written  # the dead machine's records were kept, not redone
     assert {worker for chunk in summary.chunks for worker in chunk.workers} == {"machine-a", "machine-b"}
     assert all(chunk.attempts == 1 for chunk in summary.chunks if chunk is not killed)
-    assert rerun.valid and rerun.pages_ok == 12 and [chunk.attempts for chunk in rerun.chunks] == [0] * 4
+    assert rerun.valid and rerun.pages_ok == 12
+    # Nothing was started again, and the summary keeps the attempts that did the work.
+    assert [(c.attempts, c.workers) for c in rerun.chunks] == [(c.attempts, c.workers) for c in summary.chunks]
     assert (out / "results.jsonl").read_bytes() == first_results
     # The corpus run's own artifacts: progress at 100%, a row per chunk, and the verdict.
     assert artifacts["ocrfleet-progress"]["data"] == 100.0
@@ -448,3 +540,115 @@ def test_a_corpus_run_started_in_process_reads_its_own_cancel_and_stops_its_chun
             stuck_report(api_url, children, home)
         assert any(child["state_type"] == "CANCELLED" and child["run_count"] == 0 for child in children)
         assert not (shared / "out" / "results.jsonl").exists()
+
+
+def corpus_command(api_url: str, home: Path, scans: Path, out: Path, chunks: int):
+    """`ocrfleet corpus` as its own process (and session), as an operator starts it; its output in home/cli.log."""
+    import subprocess
+    import sys
+
+    from tests.prefect_server import ROOT, quiet_env
+
+    log = open(home / "cli.log", "ab")
+    return subprocess.Popen([sys.executable, "-m", "ocrfleet.cli", "corpus", str(scans), "--output", str(out),
+                             "--chunks", str(chunks), "--api-url", api_url],
+                            cwd=ROOT, env=quiet_env(home, PREFECT_API_URL=api_url), stdout=log,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def runs_tagged(api_url: str, tag: str) -> list[dict]:
+    from tests.prefect_server import api_call
+
+    return api_call(api_url, "flow_runs/filter", {"flow_runs": {"tags": {"all_": [tag]}}})
+
+
+def slow_scans(folder: Path, pages: int) -> Path:
+    from tests.pages import draw_page
+
+    for number in range(pages):
+        draw_page(folder / f"page-{number:02d}.png",
+                  [f"Signal page {number}", *(f"Ledger line {line} of a slow page" for line in range(6))],
+                  size=(1200, 800))
+    return folder
+
+
+@pytest.mark.prefect_server
+def test_sigint_to_ocrfleet_corpus_cancels_every_chunk_run_queued_or_running_and_stops_all_ocr(tmp_path, model_cache):
+    import signal
+    import time
+
+    from ocrfleet.tasks.corpus_tasks import chunk_of_tag, corpus_tag
+    from ocrfleet.tasks.deploy import deploy
+    from tests.prefect_server import ROOT, prefect_server
+
+    shared, home = tmp_path / "nfs", tmp_path / "prefect"
+    scans, out = slow_scans(shared / "scans", 24), shared / "corpus"
+    with contextlib.ExitStack() as stack:
+        api_url = stack.enter_context(prefect_server(
+            home / "server", PREFECT_SERVER_SERVICES_CANCELLATION_CLEANUP_ENABLED="false"))
+        deploy(ROOT, api_url=api_url)
+        stack.enter_context(machine(api_url, home / "a", "machine-a", "cpu:1"))  # one machine: 2 of 3 chunks queue
+        controller = corpus_command(api_url, home, scans, out, chunks=3)
+        deadline = time.monotonic() + 240
+        while not ocr_workers(shared) and time.monotonic() < deadline and controller.poll() is None:
+            time.sleep(0.3)
+        assert ocr_workers(shared), (home / "cli.log").read_text()[-4000:]
+        controller.send_signal(signal.SIGINT)  # the controller alone, as `kill -INT PID`
+        code = controller.wait(timeout=60)
+        stopped = time.monotonic()
+        log = (home / "cli.log").read_text()
+        assert code == 130 and "stopped by SIGINT" in log, log[-4000:]
+        going = {"SCHEDULED", "PENDING", "RUNNING"}
+        while time.monotonic() - stopped < 15 and (ocr_workers(shared) or going & {
+                run["state_type"] for run in runs_tagged(api_url, chunk_of_tag(out))}):
+            time.sleep(0.5)
+        children = runs_tagged(api_url, chunk_of_tag(out))
+        assert ocr_workers(shared) == []
+        assert len(children) == 3 and not going & {child["state_type"] for child in children}, \
+            stuck_report(api_url, children, home)
+        assert any(child["state_type"] == "CANCELLED" and child["run_count"] == 0 for child in children)
+        [corpus] = runs_tagged(api_url, corpus_tag(out))
+        assert corpus["state_type"] == "CANCELLED"
+        time.sleep(5)  # nothing starts after the stop: no chunk run created later
+        assert len(runs_tagged(api_url, chunk_of_tag(out))) == 3
+
+
+@pytest.mark.prefect_server
+def test_after_kill_9_of_the_controller_a_rerun_adopts_its_chunk_runs_and_marks_it_crashed(tmp_path, model_cache):
+    import time
+
+    from ocrfleet.tasks.corpus_tasks import chunk_of_tag, corpus_tag
+    from ocrfleet.tasks.deploy import deploy
+    from tests.prefect_server import ROOT, prefect_server
+
+    shared, home = tmp_path / "nfs", tmp_path / "prefect"
+    scans, out = slow_scans(shared / "scans", 6), shared / "corpus"
+    with contextlib.ExitStack() as stack:
+        api_url = stack.enter_context(prefect_server(home / "server"))
+        deploy(ROOT, api_url=api_url)
+        stack.enter_context(machine(api_url, home / "a", "machine-a", "cpu:1"))
+        dead = corpus_command(api_url, home, scans, out, chunks=3)
+        deadline = time.monotonic() + 240
+        while not ocr_workers(shared) and time.monotonic() < deadline and dead.poll() is None:
+            time.sleep(0.3)
+        assert ocr_workers(shared), (home / "cli.log").read_text()[-4000:]
+        dead.kill()
+        dead.wait()
+        rerun = corpus_command(api_url, home, scans, out, chunks=3)
+        assert rerun.wait(timeout=600) == 0, (home / "cli.log").read_text()[-6000:]
+        children = runs_tagged(api_url, chunk_of_tag(out))
+        corpus_runs = runs_tagged(api_url, corpus_tag(out))
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["problems"] == [] and summary["pages_ok"] == 6
+    assert sorted(run["state_type"] for run in corpus_runs) == ["COMPLETED", "CRASHED"]  # none left Running
+    # The dead controller's chunk runs were followed, not raced: no attempt failed on a busy chunk dir, and
+    # each chunk ran exactly once.
+    assert all(child["state_type"] == "COMPLETED" for child in children), [
+        (child["name"], child["state_type"], child["state"]["message"]) for child in children]
+    assert len(children) == 3 and all(chunk["attempts"] <= 1 for chunk in summary["chunks"])
+    [first] = [run for run in corpus_runs if run["state_type"] == "CRASHED"]
+    # Chunk runs are named after their corpus run: the dead one started all three.
+    assert sorted(child["name"] for child in children) == [f"{first['name']}-chunk-{n:05d}-try1" for n in range(3)]
+    followed = {run_id for chunk in summary["chunks"] for run_id in chunk["flow_run_ids"]}
+    assert followed and followed <= {child["id"] for child in children}

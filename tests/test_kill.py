@@ -102,3 +102,68 @@ def test_a_worker_killed_mid_shard_is_restarted_and_the_run_completes(corpus, tm
     assert len(results) == 12 and len({(s, p) for s, p, *_ in results}) == 12
     logs = "".join(path.read_text() for path in (out / "logs").glob("*.log"))
     assert logs.count("models loaded") == 3  # two workers, one restarted
+
+
+def family_of(run):
+    """The run's processes below it: its workers and its temporary Prefect API server."""
+    return psutil.Process(run.pid).children(recursive=True)
+
+
+def is_api_server(process):
+    try:
+        return "uvicorn" in process.cmdline()
+    except psutil.Error:
+        return False
+
+
+def start_logged(corpus, out):
+    return subprocess.Popen([sys.executable, "-m", "ocrfleet.cli", "run", str(corpus), "--output", str(out),
+                             "--devices", "cpu:2", "--threads-per-worker", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_to_the_run_process_alone_stops_it_with_its_workers_and_api_server_and_a_rerun_resumes(
+        corpus, tmp_path, signum):
+    out = tmp_path / "out"
+    run = start_logged(corpus, out)
+    wait_for(lambda: records_written(out) >= 1)
+    family = family_of(run)
+    assert any(is_api_server(process) for process in family) and workers_of(out)
+    run.send_signal(signum)  # to the main process only, not its group: as `kill PID` or a service manager does
+    _, stderr = run.communicate(timeout=60)  # before the fix: the whole shards ran (SIGTERM) or ~220 s (SIGINT)
+    assert run.returncode == 128 + signum, stderr[-3000:]
+    assert f"stopped by {signal.Signals(signum).name}" in stderr and "resumes" in stderr
+    _, alive = psutil.wait_procs(family, timeout=30)
+    assert alive == []  # no worker, no temporary API server left behind
+    before = records_written(out)
+    assert 0 < before < 12
+    finish(corpus, out)
+    assert len(content(out)) == 12 and '"problems": []' in (out / "summary.json").read_text()
+
+
+def test_kill_9_of_the_run_process_alone_leaves_no_worker_or_api_server_running(corpus, tmp_path):
+    out = tmp_path / "out"
+    run = start(corpus, out)
+    wait_for(lambda: records_written(out) >= 1)
+    family = family_of(run)
+    assert any(is_api_server(process) for process in family)
+    run.kill()
+    run.wait()
+    _, alive = psutil.wait_procs(family, timeout=30)  # workers watch a pipe; the server gets a death signal
+    assert alive == []
+
+
+def test_a_run_whose_api_server_dies_stops_its_workers_and_exits_instead_of_hanging(corpus, tmp_path):
+    out = tmp_path / "out"
+    run = start_logged(corpus, out)
+    wait_for(lambda: records_written(out) >= 1)
+    family = family_of(run)
+    next(process for process in family if is_api_server(process)).kill()
+    _, stderr = run.communicate(timeout=120)  # before the fix: minutes of retries against the dead server
+    assert run.returncode == 1 and "temporary Prefect API server exited" in stderr, stderr[-3000:]
+    assert "run interrupted" in stderr and "resumes" in stderr
+    _, alive = psutil.wait_procs(family, timeout=30)
+    assert alive == []
+    finish(corpus, out)
+    assert len(content(out)) == 12

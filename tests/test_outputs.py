@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from ocrfleet.reduce.outputs import mirrored, paddleocr_result, write_outputs
+from ocrfleet.reduce.outputs import OWN_FILES, mirrored, paddleocr_result, write_outputs
 from ocrfleet.records import PageRecord, TextLine
 from tests.test_pages import write_pdf
 
@@ -113,8 +113,8 @@ def test_a_rewrite_removes_files_of_pages_no_longer_present_and_leaves_no_tempor
     write_outputs(tmp_path / "run", records, ["pages", "text"])
     write_outputs(tmp_path / "run", records[:1], ["pages", "text"])
     assert sorted(tree(tmp_path / "run")) == sorted([
-        os.path.join("pages", str(mirrored(records[0].source, ".p00000.json"))),
-        os.path.join("text", str(mirrored(records[0].source, ".txt")))])
+        os.path.join("pages", str(mirrored(records[0].source, ".p00000.json"))), os.path.join("pages", OWN_FILES),
+        os.path.join("text", str(mirrored(records[0].source, ".txt"))), os.path.join("text", OWN_FILES)])
 
 
 def test_odd_and_very_long_source_names_get_unique_legal_output_names(tmp_path):

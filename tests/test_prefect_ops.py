@@ -175,6 +175,15 @@ def test_reprocessing_only_the_failed_pages_of_a_run_through_the_server(deployed
     assert json.loads((redo / "summary.json").read_text())["derived_from"] == str(first)
 
 
+def test_a_deployment_run_refused_for_its_inputs_creates_nothing_on_disk(deployed, worker, home, tmp_path):
+    out = tmp_path / "nightly"  # its parent exists: the run is refused for its inputs alone
+    run_id = trigger_adhoc(deployed, home, {"inputs": [str(tmp_path / "scans")], "output_dir": str(out),
+                                            "devices": "cpu:1"})
+    run = wait_for_state(deployed, run_id, {"COMPLETED", "FAILED", "CRASHED"}, 240)
+    assert run["state_type"] == "FAILED" and "no such file or directory" in run["state"]["message"]
+    assert list(tmp_path.iterdir()) == []  # no output dir, no parent of it, no lock
+
+
 @pytest.mark.parametrize("bad, named", [({"workers_per_device": 0}, "workers_per_device"),
                                         ({"devices": "tpu:3"}, "devices"), ({"devices": "gpu:1,1"}, "devices"),
                                         ({"output_dir": "s3://bucket/run"}, "output_dir"),

@@ -1,8 +1,10 @@
 """Nothing lost, nothing done twice: worker deaths, hangs, memory recycling, incremental runs, locks."""
 
+import errno
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -292,3 +294,113 @@ def test_the_progress_bar_counts_records_as_workers_write_them(tmp_path):
         time.sleep(0.3)
     assert stream.getvalue().splitlines()[-1].startswith("[" + "#" * 30 + "] 4/4 pages 100.0%")
     assert bar(1, 4, 2.0).endswith("ETA 0m01s")
+
+
+# The run's own storage failing is the machine's fault: the run stops, no page is blamed, no temporary stays.
+
+def leftovers(out):
+    return sorted(str(path) for path in out.rglob(".*.tmp"))
+
+
+def test_a_full_disk_stops_the_shard_blames_no_page_and_a_rerun_with_space_finishes(faulty, tmp_path):
+    faulty(disk_bytes=1000)  # room for two records
+    out, plan = plan_cpu(tmp_path, range(100, 108))
+    with pytest.raises(launch.StorageFailed, match=r"storage failed.*no page is blamed.*No space left on device"):
+        run_worker(out, plan.shards[0], sink=lambda *_: None)
+    records = complete_records(shard_paths(out, 0)["records"])
+    assert 0 < len(records) < 8 and all(record.status == "ok" for record in records)
+    assert shard_paths(out, 0)["log"].read_text().count("models loaded") == 1  # stopped, not restarted
+    assert leftovers(out) == []
+    faulty()  # space freed
+    launch.reset_run(out)  # a new run in this process, as the flow starts one
+    summary = run_all(out, plan)
+    assert (summary.pages_ok, summary.pages_failed, summary.problems) == (8, 0, [])
+
+
+def test_a_full_disk_fails_the_flow_run_with_the_storage_error_before_any_reduce(prefect_api, faulty, tmp_path):
+    from ocrfleet.flows.ocr_flow import ocr_run
+
+    faulty(disk_bytes=1000)
+    out = tmp_path / "out"
+    config = load_config(None, inputs=[str(blank_pages(tmp_path / "in", range(100, 108)))], output_dir=str(out),
+                         devices="cpu:2")
+    state = ocr_run(config=config, return_state=True)
+    error = state.result(raise_on_failure=False)
+    assert state.is_failed() and isinstance(error, launch.StorageFailed), error
+    assert "No space left on device" in str(error)
+    assert not (out / "summary.json").exists() and leftovers(out) == []
+    faulty()  # space freed: the same run again finishes, every page ok
+    assert ocr_run(config=config).pages_ok == 8
+
+
+def test_an_atomic_write_that_fails_leaves_no_temporary_file(tmp_path, monkeypatch):
+    from ocrfleet.records import write_atomic
+    from ocrfleet.reduce.outputs import write_bytes_atomic
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        write_atomic(tmp_path / "results.jsonl", "{}\n")
+    with pytest.raises(OSError, match="No space left"):
+        write_bytes_atomic(tmp_path / "summary.bin", b"{}")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 KiB tmpfs, where the test may mount one (root, outside a locked-down container)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if shutil.which("mount") is None or os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root and mount(8)")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def test_a_really_full_file_system_stops_the_run_without_blaming_pages(faulty, small_disk, tmp_path):
+    faulty()
+    inputs = blank_pages(tmp_path / "in", range(100, 300))
+    config = load_config(None, inputs=[str(inputs)], output_dir=str(small_disk / "out"), devices="cpu:1")
+    plan = prepare_run(config)
+    with pytest.raises(launch.StorageFailed, match="No space left on device"):
+        run_worker(small_disk / "out", plan.shards[0], sink=lambda *_: None)
+    records = complete_records(shard_paths(small_disk / "out", 0)["records"])
+    assert 0 < len(records) < 200 and all(record.status == "ok" for record in records)
+    assert leftovers(small_disk) == []
+    subprocess.run(["mount", "-o", "remount,size=8m", str(small_disk)], check=True)  # space freed
+    launch.reset_run(small_disk / "out")
+    summary = run_all(small_disk / "out", plan)
+    assert (summary.pages_ok, summary.pages_failed, summary.problems) == (200, 0, [])
+
+
+def test_a_file_replaced_while_its_page_is_read_gets_the_hash_of_the_content_it_was_read_from(tmp_path, monkeypatch):
+    from ocrfleet.inputs.pages import PageReader
+    from ocrfleet.plan.ledger import file_sha256
+
+    folder = blank_pages(tmp_path / "in", [100])
+    out = tmp_path / "out"
+    config = load_config(None, inputs=[str(folder)], output_dir=str(out), devices="cpu:1")
+    read = PageReader.load
+
+    def replaced_while_read(self, source, page):
+        pixels = read(self, source, page)  # the old content, read...
+        if not (tmp_path / "replaced").exists():  # ...then the file is replaced, once, as a scanner re-saving it
+            (tmp_path / "replaced").write_text("")
+            Image.new("RGB", (150, 20), "white").save(tmp_path / "new.png")
+            os.replace(tmp_path / "new.png", folder / "w100.png")
+        return pixels
+
+    monkeypatch.setattr(PageReader, "load", replaced_while_read)
+    run_fake(out, config)
+    record = by_width(out)["w100.png"]
+    assert (record.text, record.sha256) == ("w150", file_sha256(str(folder / "w100.png")))
+    monkeypatch.undo()
+    plan, again = run_fake(out, config)  # the next run reuses it: its text is the file's
+    assert plan.pages_skipped == 1 and by_width(out)["w100.png"].text == "w150"

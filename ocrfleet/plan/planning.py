@@ -9,7 +9,7 @@ import heapq
 import importlib.metadata
 import operator
 import os
-import shutil
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple, TypeVar, overload
@@ -292,8 +292,21 @@ def prepare_models(plan: Plan) -> None:
 
 RETRIED = "retried"  # retry_failed: one file per round with the failed records that round redid
 
-# What a plan's workers write; cleared when a new plan replaces it, after its records are carried.
-_GENERATION = ("shards", "records", "reports", "done")
+# What a plan and its workers write, by folder and name: cleared when a new plan replaces it, after its records
+# are carried. Only these names (and their temporary files) go: anything else in those folders is not the run's.
+_GENERATION = {"shards": r"\d{5}\.jsonl", "records": r"\d{5}\.jsonl", "reports": r"\d{5}\.json", "done": r"\d{5}"}
+
+
+def _clear_generation(run_dir: Path) -> None:
+    for folder, name in _GENERATION.items():
+        own = re.compile(rf"{name}|\.{name}\.\d+\.tmp")
+        try:
+            entries = list(os.scandir(run_dir / folder))
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            if own.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
 
 
 def write_plan(run_dir: Path, planned: Planned) -> None:
@@ -309,8 +322,7 @@ def write_plan(run_dir: Path, planned: Planned) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, "".join(prior.line + "\n" for prior in retried))
     write_atomic(run_dir / CARRIED, "".join(prior.line + "\n" for prior in carried))
-    for name in _GENERATION:
-        shutil.rmtree(run_dir / name, ignore_errors=True)
+    _clear_generation(run_dir)
     for shard, pages in enumerate(planned.shard_pages):
         write_atomic(manifest_path(run_dir, shard), "".join(page.json_line() for page in pages.pages))
     write_atomic(run_dir / "run.json", planned.plan.model_dump_json(indent=2) + "\n")

@@ -9,7 +9,8 @@ Files under `pages/`, `text/` and `vis/` mirror each source's absolute path (`/d
 `pages/data/a.pdf.p00002.json`; `s3://bucket/a.pdf` -> `pages/s3/bucket/a.pdf.p00002.json`), so names
 are unique and stable whatever else the run holds. Every
 file is written beside its target and renamed; a file whose bytes would not change is left alone, and
-files no record accounts for any more are removed. The same records give byte-identical files.
+files an earlier reduce wrote that no record accounts for any more are removed (each folder's `OWN_FILES`
+lists what the run wrote there: nothing else in it is ever removed). The same records give byte-identical files.
 """
 
 from __future__ import annotations
@@ -126,17 +127,44 @@ def _visualizations(records: Sequence[PageRecord], dpi: int, max_pixels: int, sa
         yield mirrored(record.source, f".p{record.page:05d}.png"), buffer.getvalue()
 
 
+# In each output folder: every file a reduce of this run dir wrote there, as JSON strings, one a line. Only files
+# listed there are ever removed as stale: whatever else the folder holds is not the run's.
+OWN_FILES = ".ocrfleet-files"
+
+
 def _write_tree(folder: Path, files: Iterable[tuple[Path, bytes]]) -> Path:
-    """Write `files` under `folder`, skip unchanged ones, then remove what no longer belongs there."""
-    kept: set[Path] = set()
-    for relative, data in files:
-        target = folder / relative
-        kept.add(target)
-        _write_if_changed(target, data)
-    if folder.is_dir():
-        _remove_stale(folder, kept)
+    """Write `files` under `folder`, skip unchanged ones, then remove what an earlier reduce wrote that no
+    longer belongs there. Each name is listed in `OWN_FILES` before its file is written, so a reduce killed
+    midway leaves no file of its own unlisted."""
+    listed = own_files(folder) or set()
+    kept: set[str] = set()
     folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / OWN_FILES, "a", encoding="utf-8") as journal:
+        for relative, data in files:
+            name = relative.as_posix()
+            if name not in listed and name not in kept:
+                journal.write(json.dumps(name) + "\n")
+                journal.flush()
+            kept.add(name)
+            _write_if_changed(folder / relative, data)
+    _remove_stale(folder, listed - kept)
+    _write_if_changed(folder / OWN_FILES, "".join(json.dumps(name) + "\n" for name in sorted(kept)).encode())
     return folder
+
+
+def own_files(folder: Path) -> set[str] | None:
+    """The files (relative POSIX paths) reduces of the run wrote under `folder`; None when it has no list."""
+    try:
+        text = (folder / OWN_FILES).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    names = set()
+    for line in text.splitlines():
+        try:
+            names.add(json.loads(line))
+        except ValueError:
+            continue  # a line torn by a crash: its file, if any, was never written
+    return names
 
 
 def _write_if_changed(target: Path, data: bytes) -> None:
@@ -156,25 +184,31 @@ def write_bytes_atomic(path: Path, data: bytes, *, durable: bool = True) -> None
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name[:_MAX_NAME]}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        if durable:
-            handle.flush()
-            os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk: no half-written temporary stays behind
+        raise
 
 
-def _remove_stale(folder: Path, kept: set[Path]) -> None:
-    for root, dirs, names in os.walk(folder, topdown=False):
-        for name in names:
-            path = Path(root) / name
-            if path not in kept:
-                path.unlink()
-        for name in dirs:
-            try:
-                (Path(root) / name).rmdir()  # only succeeds when empty
-            except OSError:
-                pass
+def _remove_stale(folder: Path, stale: set[str]) -> None:
+    """Remove the files named in `stale` (relative to `folder`), then the folders they leave empty."""
+    emptied: set[Path] = set()
+    for name in stale:
+        path = folder / name
+        if ".." not in Path(name).parts and path.is_file() and not path.is_symlink():
+            path.unlink()
+            emptied.update(parent for parent in path.parents if folder in parent.parents)
+    for parent in sorted(emptied, key=lambda p: len(p.parts), reverse=True):
+        try:
+            parent.rmdir()  # only succeeds when empty
+        except OSError:
+            pass
 
 
 _LINE = pa.struct([("text", pa.string()), ("score", pa.float64()),
@@ -225,6 +259,10 @@ def _write_parquet(path: Path, records: Sequence[PageRecord]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     # No timestamps go into Parquet metadata: the same records and pyarrow version give the same bytes.
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path

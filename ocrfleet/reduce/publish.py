@@ -34,6 +34,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from ocrfleet.records import write_atomic
 from ocrfleet.inputs.storage import local_path
+from ocrfleet.reduce.outputs import OWN_FILES
 
 PUBLISHED = ("results.jsonl", "failures.jsonl", "results.parquet", "text", "pages", "vis")
 MARKER = "summary.json"
@@ -108,7 +109,9 @@ def finished_files(run_dir: Path) -> list[str]:
         for folder, _, names in os.walk(path):
             relative = Path(folder).relative_to(run_dir).as_posix()
             # A crashed writer's temporary file (`.NAME.PID.tmp`, see ocrfleet.reduce.outputs) is not an output.
-            found += [f"{relative}/{file}" for file in names if not (file.startswith(".") and file.endswith(".tmp"))]
+            # Nor is the folder's list of the files the run wrote there (`OWN_FILES`).
+            found += [f"{relative}/{file}" for file in names
+                      if not (file.startswith(".") and file.endswith(".tmp")) and file != OWN_FILES]
     return sorted(found)
 
 

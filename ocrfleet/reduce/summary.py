@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import hashlib
 from typing import ClassVar, TypeVar
 from pathlib import Path
 
@@ -84,6 +85,10 @@ class RunSummary(Totals):
     pages_skipped: int  # done by an earlier run with the same file content and settings: not redone
     retried: Retried | None = None
     shards: list[ShardSummary]
+    # The reduce's commit: written last, naming the exact `run.json` and `results.jsonl` it summarizes. Outputs
+    # that do not match it are a reduce cut short, never a finished run (`up_to_date` redoes it).
+    plan_sha256: str | None = None
+    results_sha256: str | None = None
 
     def verdict(self) -> str:
         said = super().verdict()
@@ -102,7 +107,8 @@ def reduce_run(run_dir: Path, shard_errors: dict[int, str] | None = None, wall_s
     Records are reconciled by their identity fields only and written as the lines they are, so reducing
     a million pages costs seconds; the optional outputs (parquet, text, ...) parse them in full.
     """
-    plan = read_plan(run_dir)
+    plan_bytes = (run_dir / "run.json").read_bytes()
+    plan = Plan.model_validate_json(plan_bytes)
     shard_errors = shard_errors or {}
     problems = [f"shard {shard}: {error.splitlines()[0]}" for shard, error in sorted(shard_errors.items())]
     entries, carried_problems = _carried(run_dir, plan)
@@ -129,10 +135,26 @@ def reduce_run(run_dir: Path, shard_errors: dict[int, str] | None = None, wall_s
     if config.outputs:
         records = [PageRecord.model_validate_json(line) for _, line in entries]
         write_outputs(run_dir, records, config.outputs, dpi=config.pdf_dpi, max_pixels=config.max_image_pixels)
-    summary = _summarize(run_dir, plan, entries, failed, shards, problems, warnings, wall_s)
-    summary.retried = _retried(run_dir, plan, failed)
-    write_atomic(run_dir / "summary.json", summary.model_dump_json(indent=2) + "\n")
+    digests = {"plan_sha256": _sha256(plan_bytes), "results_sha256": _sha256((run_dir / "results.jsonl").read_bytes())}
+    summary = _summarize(run_dir, plan, entries, failed, shards, problems, warnings, wall_s).model_copy(
+        update={**digests, "retried": _retried(run_dir, plan, failed)})
+    write_atomic(run_dir / "summary.json", summary.model_dump_json(indent=2) + "\n")  # the commit: last
     return summary
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def committed(run_dir: Path, summary: RunSummary) -> bool:
+    """Whether `summary` is the commit of the reduce that wrote the run dir's `run.json` and `results.jsonl`:
+    false when a reduce (or a new plan) was cut short after it, or for a summary of an older version."""
+    try:
+        return (summary.plan_sha256 is not None and summary.results_sha256 is not None
+                and _sha256((run_dir / "run.json").read_bytes()) == summary.plan_sha256
+                and _sha256((run_dir / "results.jsonl").read_bytes()) == summary.results_sha256)
+    except OSError:
+        return False
 
 
 def _summarize(run_dir: Path, plan: Plan, records: list[Entry], failed: list[Entry],
@@ -246,8 +268,10 @@ def reconcile_lines(name: str, what: str, lines: list[str], planned: set[tuple[s
 def up_to_date(config: JobConfig, as_before: bool = False) -> RunSummary | None:
     """The summary of the finished run in `config.output_dir`, if running `config` again would change nothing.
 
-    That is: the same config, no page to do, and every page's earlier record exactly what `results.jsonl`
-    holds. A nightly run with nothing new then costs a listing and a read, not a Prefect run. `as_before`
+    That is: the same config, no page to do, every page's earlier record exactly what `results.jsonl`
+    holds, and `summary.json` the commit of the reduce that wrote it (`committed`): after a reduce cut short,
+    the outputs are not trusted, and the run is done again (reusing every record). A nightly run with nothing
+    new then costs a listing and a read, not a Prefect run. `as_before`
     judges the records by the models and engine the earlier run resolved instead of resolving them here: a
     corpus's control machine checks a chunk that a GPU machine ran, and would resolve a CPU engine itself.
     """
@@ -257,7 +281,7 @@ def up_to_date(config: JobConfig, as_before: bool = False) -> RunSummary | None:
         summary = RunSummary.model_validate_json((run_dir / "summary.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if earlier.config != config:
+    if earlier.config != config or not committed(run_dir, summary):
         return None
     if as_before:
         _, pages, reused = pages_to_do(config, earlier.settings)

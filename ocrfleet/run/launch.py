@@ -9,6 +9,7 @@ resumes after its last record; the page it had in flight is blamed, and a page i
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import signal
@@ -23,7 +24,7 @@ from pathlib import Path
 from ocrfleet.plan.placement import worker_environment
 from ocrfleet.plan.planning import Plan, ShardPlan, read_manifest, read_plan, shard_paths
 from ocrfleet.records import PageRecord, complete_records
-from ocrfleet.run.worker import EXIT_BAD_INVOCATION, EXIT_PLACEMENT, EXIT_RECYCLE, PAGE_MARK
+from ocrfleet.run.worker import EXIT_BAD_INVOCATION, EXIT_PLACEMENT, EXIT_RECYCLE, EXIT_STORAGE, PAGE_MARK
 
 LineSink = Callable[[int, str], None]
 
@@ -44,6 +45,10 @@ class PlacementFailed(NotRetryable):
 
 class WorkerStopped(NotRetryable):
     """The worker was stopped by a signal from outside (a cancelled flow run, a machine shutting down)."""
+
+
+class StorageFailed(NotRetryable):
+    """The run dir's storage failed (full disk, quota, read-only, I/O error): the machine's fault, no page's."""
 
 
 class RunAborted(NotRetryable):
@@ -207,6 +212,12 @@ def _run_once(run_dir: Path, spec: ShardPlan, sink: LineSink, careful: bool, dea
     if attempt.code != 0 and run_dir in _aborted:
         stopped = RunCancelled if run_dir in _cancelled else RunAborted
         raise stopped(f"shard {spec.shard}: stopped because {_aborted[run_dir]}")
+    if attempt.code == EXIT_STORAGE:
+        abort_run(run_dir, f"shard {spec.shard} could not write to the run dir")
+        said = next((line for line in reversed(tail) if "storage error" in line), attempt.tail)
+        raise StorageFailed(f"shard {spec.shard}: the run dir's storage failed, so the run stops and no page is "
+                            f"blamed: {said.partition('stopping: ')[2] or said}; free space (or fix the file system) "
+                            "and run again: it resumes from the records written")
     if attempt.code == EXIT_BAD_INVOCATION:
         raise NotRetryable(_failure_message(run_dir, spec, attempt))
     if attempt.code is not None and -attempt.code in _STOP_SIGNALS:
@@ -254,8 +265,14 @@ def _pump(process: subprocess.Popen, log_path: Path, tail: collections.deque, si
           watch: _Watch) -> None:
     with open(log_path, "a", encoding="utf-8") as log_file:
         for line in process.stdout:
-            log_file.write(line)
-            log_file.flush()
+            if not log_file.closed:
+                try:
+                    log_file.write(line)
+                    log_file.flush()
+                except OSError as exc:  # a full disk: keep reading, or the worker blocks on a full pipe
+                    sink(logging.WARNING, f"cannot write the worker's log {log_path}: {exc}; no longer writing it")
+                    with contextlib.suppress(OSError):
+                        log_file.close()
             line = line.rstrip("\n")
             if watch.saw(line):
                 continue

@@ -20,10 +20,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ocrfleet.plan.devices import Device
+from ocrfleet.run.rundir import LOCK_NAME, check_run_dir_usable, claim_run_dir
 
 log = logging.getLogger(__name__)
-
-LOCK_NAME = ".ocrfleet.lock"
 
 
 class RunDirBusy(RuntimeError):
@@ -88,7 +87,9 @@ def _file_lock(path: Path, what: str) -> Iterator[dict | None]:
 
 @contextlib.contextmanager
 def hold_run_dir(run_dir: Path, what: str = "ocrfleet run") -> Iterator[None]:
-    """Hold the output dir for this run; raise `RunDirBusy` naming the live holder."""
+    """Claim the output dir (`ocrfleet.run.rundir`) and hold it for this run; raise `RunDirBusy` naming the live
+    holder, `RunDirRefused` for a folder that is not a run's to write into."""
+    claim_run_dir(Path(run_dir))
     with _file_lock(Path(run_dir) / LOCK_NAME, what) as holder:
         if holder is not None:
             raise RunDirBusy(f"{run_dir} is in use by {describe(holder)}; wait for it to finish, or use "
@@ -97,10 +98,15 @@ def hold_run_dir(run_dir: Path, what: str = "ocrfleet run") -> Iterator[None]:
 
 
 def check_run_dir(run_dir: Path) -> None:
-    """Raise `RunDirBusy` if a live run holds the output dir (a preflight: holds nothing)."""
-    if (Path(run_dir) / LOCK_NAME).exists():
-        with hold_run_dir(run_dir, "preflight check"):
-            pass
+    """Raise `RunDirRefused` or `RunDirBusy` if a run could not take the output dir (a preflight: holds and
+    creates nothing)."""
+    check_run_dir_usable(run_dir)
+    lock = Path(run_dir) / LOCK_NAME
+    if lock.exists():
+        with _file_lock(lock, "preflight check") as holder:
+            if holder is not None:
+                raise RunDirBusy(f"{run_dir} is in use by {describe(holder)}; wait for it to finish, or use "
+                                 "another --output")
 
 
 def device_lock_dir() -> Path:

@@ -26,13 +26,16 @@ Exit codes: 0 when the shard ran to the end, even if pages failed (those are fai
 the parent restarts it in a fresh process, which resumes after the last record written;
 4 when the GPU the worker holds (asked of NVML from inside, right after the model load and before
 any page) is not the planned one, which no retry can mend; 5 when its memory grew past
-`max_worker_rss_mb`: it stopped between pages and the parent restarts it; 6 when its parent died.
+`max_worker_rss_mb`: it stopped between pages and the parent restarts it; 6 when its parent died;
+7 when the run dir's own storage failed (`STORAGE_ERRNOS`: full disk, quota, read-only or I/O error): the
+machine's fault, not the page's, so the parent stops the run and blames no page.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import functools
 import gc
 import logging
@@ -56,7 +59,7 @@ from ocrfleet.plan.nvml import NvmlUnavailable, UtilizationSampler, held_device
 from ocrfleet.inputs.pages import PageReader
 from ocrfleet.plan.planning import Plan, ShardPlan, read_manifest, read_plan, shard_paths
 from ocrfleet.records import PageRecord, PageRef, ShardReport, complete_records, write_atomic
-from ocrfleet.inputs.storage import remembering_objects
+from ocrfleet.inputs.storage import is_url, remembering_objects
 
 log = logging.getLogger("ocrfleet.run.worker")
 
@@ -65,6 +68,10 @@ EXIT_ENGINE_UNUSABLE = 3
 EXIT_PLACEMENT = 4
 EXIT_RECYCLE = 5
 EXIT_ORPHANED = 6
+EXIT_STORAGE = 7
+
+# Errors of the storage the run writes to: no page causes them, and no retry of a page mends them.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG})
 
 PAGE_MARK = "@page "
 
@@ -121,13 +128,20 @@ def _held_gpu(device: Device) -> GpuInfo | str:
         return f"cannot verify placement on {device.name}: {exc}"
 
 
+Identity = tuple[int, ...] | None  # a local file's device, inode, size, mtime and ctime; None for objects
+_READ_ATTEMPTS = 3
+
+
 class _Pages:
-    """The shard's pages to do, each read (decoded or rendered) one page ahead on a thread unless careful."""
+    """The shard's pages to do, each read (decoded or rendered) one page ahead on a thread unless careful, with
+    the SHA-256 of the very content that was read: a file replaced while its page is read is read again."""
 
     def __init__(self, plan: Plan, todo: list[tuple[int, PageRef]], careful: bool) -> None:
         self._reader = PageReader(dpi=plan.config.pdf_dpi, max_pixels=plan.config.max_image_pixels)
         self._todo = todo
         self._pool = None if careful else ThreadPoolExecutor(1, thread_name_prefix="prefetch")
+        self._hashes = functools.lru_cache(maxsize=64)(_sha256_as_of)  # pages of one document come together
+        self._seen: dict[str, Identity] = {}
 
     def __iter__(self):
         ahead: Future | None = None
@@ -135,25 +149,53 @@ class _Pages:
             sys.stderr.write(f"{PAGE_MARK}{index}\n")  # in flight from here on: blamed if we die
             sys.stderr.flush()
             if self._pool is None:
-                image = self._load(page)
+                image, sha256 = self._load(page)
             else:  # every read on the one reader thread: an open PDF is never shared between threads
-                image = (ahead or self._pool.submit(self._load, page)).result()
+                image, sha256 = (ahead or self._pool.submit(self._load, page)).result()
                 if position + 1 < len(self._todo):
                     ahead = self._pool.submit(self._load, self._todo[position + 1][1])
-            yield index, page, image
+            yield index, page, image, sha256
         if self._pool is not None:
             self._pool.shutdown()
 
-    def _load(self, page: PageRef) -> Loaded:
-        try:
-            return self._reader.load(page.source, page.page)
-        except Exception as exc:  # becomes a failed record in ocr_page, classified there
-            return exc
+    def _load(self, page: PageRef) -> tuple[Loaded, str | None]:
+        """The page and the hash of the file as read: the file's identity is the same before the read and
+        after the hash, or it is read again (a PDF kept open from an earlier page is reopened)."""
+        for _ in range(_READ_ATTEMPTS):
+            before = _identity(page.source)
+            if self._seen.get(page.source, before) != before:
+                self._reader.close()  # an open document of this source holds its earlier content
+            self._seen[page.source] = before
+            try:
+                image: Loaded = self._reader.load(page.source, page.page)
+            except Exception as exc:  # becomes a failed record in ocr_page, classified there
+                image = exc
+            sha256 = self._hashes(page.source, before)
+            if before is None or _identity(page.source) == before:
+                return image, sha256
+            self._hashes.cache_clear()  # that hash may be of either content
+            log.info("%s changed while its page %d was read; reading it again", page.source, page.page)
+        log.warning("%s keeps changing while read; its record gets no hash, so a rerun reads it again", page.source)
+        return image, None
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)  # the reader thread is done before we close
         self._reader.close()
+
+
+def _identity(source: str) -> Identity:
+    if is_url(source):
+        return None  # an object is hashed from the very bytes read (`remembering_objects`)
+    try:
+        stat = os.stat(source)
+    except OSError:
+        return None
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+
+
+def _sha256_as_of(source: str, identity: Identity) -> str | None:
+    return file_sha256(source)
 
 
 def run_shard(run_dir: Path, shard: int, engine_factory: Callable[..., OcrEngine] = PaddleOcrEngine,
@@ -185,7 +227,6 @@ def run_shard(run_dir: Path, shard: int, engine_factory: Callable[..., OcrEngine
             held, warnings = None, [held]
     counts = {"ok": 0, "failed": 0}
     engine_s = 0.0
-    hashes = functools.lru_cache(maxsize=64)(file_sha256)  # pages of one document come together
     limit_mb = plan.config.max_worker_rss_mb
     sampler = UtilizationSampler(held.uuid) if held is not None else None
     started = last_progress = time.monotonic()
@@ -194,9 +235,9 @@ def run_shard(run_dir: Path, shard: int, engine_factory: Callable[..., OcrEngine
     try:
         with open(paths["records"], "a", encoding="utf-8") as out, sampler or contextlib.nullcontext(), \
                 remembering_objects():  # an object read for its pixels is hashed from memory
-            for number, (index, page, image) in enumerate(reader, 1):
+            for number, (index, page, image, sha256) in enumerate(reader, 1):
                 record, spent = ocr_page(engine, page, image, shard=shard, device=spec.device.name,
-                                         settings=plan.settings_for(page), sha256=hashes(page.source))
+                                         settings=plan.settings_for(page), sha256=sha256)
                 out.write(record.model_dump_json() + "\n")
                 out.flush()
                 engine_s += spent
@@ -290,6 +331,11 @@ def main(argv: list[str] | None = None, engine_factory: Callable[..., OcrEngine]
         return EXIT_PLACEMENT
     except Recycle:
         return EXIT_RECYCLE
+    except OSError as exc:
+        if exc.errno not in STORAGE_ERRNOS:
+            raise
+        log.error("shard %d: storage error in the run dir, stopping: %s", args.shard, exc)
+        return EXIT_STORAGE
     return 0
 
 
