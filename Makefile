@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_OUT ?= out/demo
 
-.PHONY: install demo test deploy bench bench-quick clean
+.PHONY: install install-cuda demo test deploy bench bench-quick clean
 
 $(BIN)/ocrfleet: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +13,16 @@ $(BIN)/ocrfleet: pyproject.toml
 	touch $@
 
 install: $(BIN)/ocrfleet
+
+# GPUs with onnxruntime-gpu from PyPI, in place of the CPU extra (a separate venv: VENV=.venv-cuda). The ONNX
+# models' package (rapidocr-onnxruntime) pulls CPU onnxruntime, whose files would shadow onnxruntime-gpu's.
+install-cuda:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e ".[cuda,test]"
+	$(BIN)/python -m pip uninstall -y onnxruntime onnxruntime-gpu
+	$(BIN)/python -m pip install --no-deps "onnxruntime-gpu>=1.21"
+	$(BIN)/ocrfleet devices
 
 # The main job on the bundled sample pages: 2 CPU workers, Prefect's local (ephemeral) API.
 demo: install

@@ -24,6 +24,7 @@ EXPERIMENTS = {
     "dpi": ("dpi",),
     "balance": ("balance",),
     "accuracy": ("accuracy",),
+    "gpu": ("gpu",),
 }
 ORDER = [group for groups in EXPERIMENTS.values() for group in groups]
 

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from ocrfleet.config import ConfigError, JobConfig, load_config
 from ocrfleet.tasks.deploy import DeployError
 from ocrfleet.plan.devices import DeviceError, visible_gpus
+from ocrfleet.plan.gpu_engines import gpu_engine_problems
 from ocrfleet.plan.nvml import NvmlUnavailable, nvml_inventory
 from ocrfleet.inputs.listing import InputError, check_inputs
 from ocrfleet.run.lock import RunDirBusy, check_run_dir, hold_run_dir
@@ -136,7 +137,7 @@ def _job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--publish-to", help="after a valid run, copy its outputs to this path or URL (s3://...)")
     parser.add_argument("--config", "-c", type=Path, help="YAML config (see configs/default.yaml)")
     parser.add_argument("--devices", help="auto, gpu, gpu:0,2,3, cpu or cpu:N")
-    parser.add_argument("--workers-per-device", type=int, help="shards (worker processes) per device")
+    parser.add_argument("--workers-per-device", help="shards (worker processes) per device, or auto")
     parser.add_argument("--engine", choices=["auto", "paddle", "onnxruntime"])
     parser.add_argument("--max-failure-rate", type=float)
     parser.add_argument("--threads-per-worker", type=int)
@@ -283,6 +284,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return 0
     for warning in plan.warnings:
         print(f"WARNING: {warning}")
+    for choice in plan.choices:
+        print(choice)
     done = f" ({plan.pages_skipped} already done, skipped)" if plan.pages_skipped else ""
     print(f"{counted(plan.pages_total, 'page')}{done}, {counted(len(plan.shards), 'shard')}, "
           f"engine {plan.models.engine}, "
@@ -304,7 +307,8 @@ def cmd_devices(args: argparse.Namespace) -> int:
     except NvmlUnavailable as exc:
         gpus, reason = [], str(exc)
     floor = JobConfig.model_fields["min_free_memory_mb"].default
-    placement = place(args.devices, min_free_memory_mb=floor)
+    placement = place(args.devices, min_free_memory_mb=floor, engine=args.engine)
+    engines = gpu_engine_problems()
     visible = {gpu.index for gpu, _ in visible_gpus(gpus, os.environ)}
     used = {device.gpu_id for device in placement.devices}
     rows = []
@@ -315,7 +319,8 @@ def cmd_devices(args: argparse.Namespace) -> int:
         rows.append({**gpu.model_dump(), "use": gpu.index in used, "why": why})
     if args.json:
         print(json.dumps({"gpus": rows, "nvml_error": reason, "devices": args.devices,
-                          "would_use": [d.name for d in placement.devices], "warnings": placement.warnings}, indent=2))
+                          "would_use": [d.name for d in placement.devices], "engine": placement.engine,
+                          "gpu_engines": engines, "warnings": placement.warnings}, indent=2))
         return 0
     if reason:
         print(f"no GPUs: {reason}")
@@ -325,9 +330,12 @@ def cmd_devices(args: argparse.Namespace) -> int:
         print(f"  gpu:{row['index']:<2d} {row['name']:24s} {row['uuid']}  {row['memory_free_mb']:>6d}/"
               f"{row['memory_total_mb']:<6d} MiB free  util {util:>4s}{mig}  {'USE ' if row['use'] else 'skip'} "
               f"{'' if row['use'] else row['why']}")
+    for engine, problem in engines.items():
+        print(f"GPU engine {engine}: {'usable' if problem is None else 'not usable: ' + problem}")
     for warning in placement.warnings:
         print(f"WARNING: {warning}")
-    print(f"--devices {args.devices} would run: {', '.join(device.name for device in placement.devices)}")
+    on = f" with engine {placement.engine}" if placement.engine else ""
+    print(f"--devices {args.devices} would run{on}: {', '.join(device.name for device in placement.devices)}")
     return 0
 
 
@@ -435,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     reprocess.set_defaults(handler=cmd_reprocess)
     devices = commands.add_parser("devices", help="GPU inventory and what a devices spec would use")
     devices.add_argument("--devices", default="auto")
+    devices.add_argument("--engine", choices=["auto", "paddle", "onnxruntime"], default="auto")
     devices.add_argument("--json", action="store_true")
     devices.set_defaults(handler=cmd_devices)
     corpus = commands.add_parser(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -63,14 +63,22 @@ class JobConfig(BaseModel):
     min_free_memory_mb: int = Field(
         1024, ge=0, description="GPUs (or MIG instances) with less free memory are skipped with a warning."
     )
-    workers_per_device: int = Field(1, ge=1, le=64, description="Shards (worker processes) per device.")
+    workers_per_device: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field(
+        "auto", description="Shards (worker processes) per device, 1 to 64; 'auto': 1 per CPU device, on GPUs the "
+        "machine's cores shared among its GPUs (as far as GPU memory allows), said by `ocrfleet plan`."
+    )
+    fixed_shapes: Literal["auto", "on", "off"] = Field(
+        "auto", description="Run the models at a few fixed input shapes (pages padded onto fixed canvases, text lines "
+        "to fixed widths and batch sizes), so GPU engines never re-plan their kernels; 'auto': on for GPUs, off on CPU."
+    )
     max_failure_rate: float = Field(
         0.01, ge=0, le=1, description="The run fails when more than this fraction of pages failed."
     )
     engine: Literal["auto", "paddle", "onnxruntime"] = Field(
         "auto",
-        description="Inference engine: 'paddle' (Paddle Inference, required on GPU), 'onnxruntime' "
-        "(CPU), or 'auto' (paddle on GPUs, onnxruntime on CPU).",
+        description="Inference engine: 'paddle' (Paddle Inference), 'onnxruntime' (CPU, or GPUs with onnxruntime-gpu "
+        "from the `cuda` extra), or 'auto' (on GPUs Paddle's CUDA build when installed, else onnxruntime-gpu when its "
+        "CUDA provider loads, else CPU with a warning; onnxruntime on CPU).",
     )
     text_detection_model_name: str = Field("PP-OCRv4_mobile_det", description="PaddleOCR detection model name.")
     text_detection_model_dir: Path | None = Field(
@@ -82,7 +90,7 @@ class JobConfig(BaseModel):
     )
     text_recognition_batch_size: int | None = Field(
         None, ge=1, le=256, description="Text lines recognized per batch; null: 1 with onnxruntime on CPU (fastest "
-        "there, measured in benchmarks/), PaddleOCR's 6 with Paddle."
+        "there, measured in benchmarks/), PaddleOCR's 6 with Paddle, 16 at fixed shapes (GPUs)."
     )
     text_det_limit_side_len: int | None = Field(
         DET_LIMIT[0], ge=32, le=20000, description="Text detection sees the page scaled so that its long side "
@@ -170,6 +178,14 @@ class JobConfig(BaseModel):
         if value and is_url(value):
             check_protocol(value)
         return value
+
+    @field_validator("workers_per_device", mode="before")
+    @classmethod
+    def _workers_from_text(cls, value: Any) -> Any:
+        # From the command line every value is text: "auto" in any case, or a number.
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        return int(value) if isinstance(value, str) and value.strip().isdigit() else value
 
     @field_validator("devices")
     @classmethod

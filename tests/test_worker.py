@@ -200,6 +200,6 @@ def test_the_engine_gets_the_detection_size_and_batch_the_plan_settled_and_they_
 
     prepare_run(config)
     run_shard(tmp_path / "out", 0, engine_factory=factory)
-    assert seen == {"det_limit": (960, "max"), "rec_batch_size": 1}
+    assert seen == {"det_limit": (960, "max"), "fixed_shapes": False, "rec_batch_size": 1}
     other = config.model_copy(update={"text_det_limit_side_len": None})
     assert make_plan(other).plan.settings != make_plan(config).plan.settings  # records of one are not the other's

@@ -10,10 +10,8 @@ from ocrfleet.plan.devices import (
     CPU, STRIPPED_NAMES, STRIPPED_PREFIXES, THREAD_VARS, Device, DeviceError, GpuInfo,
     paddle_gpu_installed, parse_devices, visible_gpus,
 )
+from ocrfleet.plan.gpu_engines import GPU_PADDLE_HINT, GpuEngine, choose_gpu_engine, onnxruntime_gpu_problem
 from ocrfleet.plan.nvml import NvmlUnavailable, nvml_inventory
-
-GPU_PADDLE_HINT = ("install the CUDA build of Paddle: pip install 'paddlepaddle-gpu>=3' --index-url "
-                   "https://www.paddlepaddle.org.cn/packages/stable/cu126/ (see README, GPU quick start)")
 
 
 @dataclass
@@ -23,19 +21,24 @@ class Placement:
     devices: list[Device]
     warnings: list[str] = field(default_factory=list)
     skipped: dict[int, str] = field(default_factory=dict)  # NVML index -> why it is not used
+    engine: GpuEngine | None = None  # the engine the GPUs run with; None on CPU
+    free_mb: dict[int, int] = field(default_factory=dict)  # NVML index of each GPU used -> its free MiB
 
 
 def place(spec: str, env: Mapping[str, str] | None = None,
           inventory: Callable[[], list[GpuInfo]] | None = None, paddle_gpu: Callable[[], bool] | None = None,
-          exclude: tuple[int, ...] = (), min_free_memory_mb: int = 0) -> Placement:
+          exclude: tuple[int, ...] = (), min_free_memory_mb: int = 0, engine: str = "auto",
+          onnxruntime_gpu: Callable[[], str | None] | None = None) -> Placement:
     """Resolve a devices spec against the GPUs this process may use; raise `DeviceError` if unmet.
 
-    `inventory` and `paddle_gpu` are seams for tests (a recorded NVML inventory); by default they ask
-    NVML and the installed packages.
+    GPUs are used only when `engine` ('auto', 'paddle', 'onnxruntime') can run on them (`gpu_engines`).
+    `inventory`, `paddle_gpu` and `onnxruntime_gpu` are seams for tests (a recorded NVML inventory, the
+    installed engines); by default they ask NVML and the installed packages.
     """
     env = os.environ if env is None else env
     inventory = inventory or nvml_inventory
     paddle_gpu = paddle_gpu or paddle_gpu_installed
+    onnxruntime_gpu = onnxruntime_gpu or onnxruntime_gpu_problem
     request = parse_devices(spec)
     if request.kind == "cpu":
         return Placement([CPU] * request.cpu_workers)
@@ -50,8 +53,13 @@ def place(spec: str, env: Mapping[str, str] | None = None,
                             f"FLAGS_selected_gpus={env.get('FLAGS_selected_gpus', '<unset>')})")
     except NvmlUnavailable as exc:
         gpus, reason = [], str(exc)
-    if gpus and not paddle_gpu():
-        reason, gpus = f"{len(gpus)} GPU(s) present but the installed Paddle is CPU-only; {GPU_PADDLE_HINT}", []
+    gpu_engine: GpuEngine | None = None
+    if gpus:
+        gpu_engine, why_not = choose_gpu_engine(
+            engine, lambda: None if paddle_gpu() else f"the installed Paddle is CPU-only; {GPU_PADDLE_HINT}",
+            onnxruntime_gpu)
+        if gpu_engine is None:
+            reason, gpus = f"{len(gpus)} GPU(s) present but no GPU engine can run ({why_not})", []
     by_index = {gpu.index: (gpu, entry) for gpu, entry in gpus}
     wanted = list(request.gpu_ids) if request.gpu_ids is not None else list(by_index)
     missing = [gpu_id for gpu_id in wanted if gpu_id not in by_index]
@@ -59,7 +67,7 @@ def place(spec: str, env: Mapping[str, str] | None = None,
         raise DeviceError(
             f"devices={spec}: GPU(s) {missing} are not available; this process may use NVML indices "
             f"{sorted(by_index)} (CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', '<unset>')})")
-    chosen, skipped = [], {}
+    chosen, skipped, free_mb = [], {}, {}
     for gpu_id in wanted:
         if gpu_id not in by_index:
             continue
@@ -70,8 +78,9 @@ def place(spec: str, env: Mapping[str, str] | None = None,
             warnings.append(f"skipping gpu:{gpu_id} ({gpu.name}): {skip}")
         else:
             chosen.append(_gpu_device(gpu, entry))
+            free_mb[gpu_id] = _free_mb(gpu, entry)
     if chosen:
-        return Placement(chosen, warnings, skipped)
+        return Placement(chosen, warnings, skipped, gpu_engine, free_mb)
     reason = reason or "every GPU was skipped: " + "; ".join(warnings)
     if request.kind == "auto":
         return Placement([CPU], warnings + [f"devices=auto: no usable GPU ({reason}); falling back to 1 CPU worker"],
@@ -82,11 +91,15 @@ def place(spec: str, env: Mapping[str, str] | None = None,
 def _skip_reason(gpu: GpuInfo, entry: str, exclude: tuple[int, ...], min_free_mb: int) -> str | None:
     if gpu.index in exclude:
         return "listed in exclude"
-    free = next((mig.memory_free_mb for mig in gpu.mig_devices if mig.uuid == _mig_uuid(gpu, entry)),
-                gpu.memory_free_mb)
+    free = _free_mb(gpu, entry)
     if free < min_free_mb:
         return f"{free} MiB free, below min_free_memory_mb={min_free_mb}"
     return None
+
+
+def _free_mb(gpu: GpuInfo, entry: str) -> int:
+    return next((mig.memory_free_mb for mig in gpu.mig_devices if mig.uuid == _mig_uuid(gpu, entry)),
+                gpu.memory_free_mb)
 
 
 def _mig_uuid(gpu: GpuInfo, entry: str) -> str | None:

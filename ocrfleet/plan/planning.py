@@ -17,16 +17,17 @@ from typing import NamedTuple, TypeVar, overload
 from pydantic import BaseModel, ConfigDict
 
 from ocrfleet.config import JobConfig
-from ocrfleet.plan.devices import Device, DeviceError
+from ocrfleet.plan.devices import Device
 from ocrfleet.inputs.listing import InputError, list_pages
 from ocrfleet.plan.ledger import CARRIED, Prior, prior_records, split_done
 from ocrfleet.plan.models import (REC_BATCH, Engine, ModelDirs, bundled_dir, default_cache_dir, fingerprint, is_bundled,
                           materialize)
 from ocrfleet.plan.placement import Placement, default_threads, launcher_warning, place, worker_env_overrides
+from ocrfleet.plan.sizing import FIXED_SHAPES_REC_BATCH, fixed_shapes, workers_per_device
 from ocrfleet.records import JsonModel, Page, PageRecord, PageRef, read_jsonl, write_atomic
 from ocrfleet.inputs.storage import Stat, stat_sources
 
-_VERSIONED = ("ocrfleet", "paddleocr", "paddlex", "paddlepaddle", "paddlepaddle-gpu", "onnxruntime",
+_VERSIONED = ("ocrfleet", "paddleocr", "paddlex", "paddlepaddle", "paddlepaddle-gpu", "onnxruntime", "onnxruntime-gpu",
               "rapidocr-paddle", "rapidocr-onnxruntime")
 
 
@@ -61,6 +62,8 @@ class Plan(JsonModel):
     shards: tuple[ShardPlan, ...]
     warnings: tuple[str, ...] = ()
     versions: dict[str, str]
+    fixed_shapes: bool = False  # models run at fixed input shapes (`ocrfleet.run.fixed_shapes`)
+    choices: tuple[str, ...] = ()  # what `auto` settings resolved to, and why
 
     def settings_for(self, page: PageRef | Page) -> str:
         return page_settings(self.settings, self.config, page)
@@ -124,14 +127,18 @@ def _collection_paused() -> Iterator[None]:
 def make_plan(config: JobConfig, placement: Placement | None = None) -> Planned:
     """Plan a run without writing anything: pages an earlier run already did are reused, not planned."""
     placement = placement or place_for(config)
-    models = resolve_models(config, placement.devices)
-    rec_batch_size = config.text_recognition_batch_size or REC_BATCH[models.engine]
+    models = resolve_models(config, placement.devices, placement.engine)
+    fixed, fixed_why = fixed_shapes(config.fixed_shapes, any(device.is_gpu for device in placement.devices))
+    per_device, per_device_why = workers_per_device(config.workers_per_device, placement)
+    rec_batch_size = config.text_recognition_batch_size or (
+        FIXED_SHAPES_REC_BATCH if fixed else REC_BATCH[models.engine])
     det_limit = (config.text_det_limit_side_len, config.text_det_limit_type)
+    # Fixed shapes read a few characters differently (padding): records made without them are not reused.
     settings = fingerprint(models, f"text_recognition_batch_size={rec_batch_size}",
-                           f"text_det_limit={det_limit[0]}/{det_limit[1]}")
+                           f"text_det_limit={det_limit[0]}/{det_limit[1]}", *(["fixed_shapes"] if fixed else []))
     candidates, pages, reused = pages_to_do(config, settings)
     retried = failed_before(Path(config.output_dir), pages) if config.retry_failed else []
-    slots = [device for device in placement.devices for _ in range(config.workers_per_device)]
+    slots = [device for device in placement.devices for _ in range(per_device)]
     shard_pages = [ShardPages(members) for members in split_balanced(pages, min(len(slots), len(pages)))]
     # Spread shards over devices first, so that a small run still uses every device.
     devices = [placement.devices[shard % len(placement.devices)] for shard in range(len(shard_pages))]
@@ -145,7 +152,8 @@ def make_plan(config: JobConfig, placement: Placement | None = None) -> Planned:
                 rec_batch_size=rec_batch_size,
                 pages_total=len(candidates), pages_skipped=len(reused), pages_retried=len(retried),
                 retry_round=retry_round(Path(config.output_dir)) if retried else 0, shards=shards,
-                warnings=tuple(placement.warnings), versions=_versions())
+                warnings=tuple(placement.warnings), versions=_versions(), fixed_shapes=fixed,
+                choices=(per_device_why, fixed_why))
     return Planned(plan, shard_pages, reused)
 
 
@@ -218,7 +226,8 @@ def place_for(config: JobConfig) -> Placement:
     spec = config.devices
     if spec == "auto" and os.environ.get("OCRFLEET_DEVICES"):
         spec = os.environ["OCRFLEET_DEVICES"]
-    placement = place(spec, exclude=config.exclude, min_free_memory_mb=config.min_free_memory_mb)
+    placement = place(spec, exclude=config.exclude, min_free_memory_mb=config.min_free_memory_mb,
+                      engine=config.engine)
     warning = launcher_warning(os.environ)
     if warning:
         placement.warnings.append(warning)
@@ -249,18 +258,16 @@ def split_balanced(pages: list[P], shards: int) -> list[list[P]]:
     return members
 
 
-def resolve_engine(config: JobConfig, devices: list[Device]) -> Engine:
-    on_gpu = any(device.is_gpu for device in devices)
-    if config.engine == "onnxruntime" and on_gpu:
-        raise DeviceError("engine=onnxruntime runs on CPU only; use engine=paddle (or auto) for GPUs")
-    if config.engine == "auto":
-        return "paddle" if on_gpu else "onnxruntime"
-    return config.engine
+def resolve_engine(config: JobConfig, devices: list[Device], gpu_engine: Engine | None = None) -> Engine:
+    """The engine workers load: on GPUs the one placement found usable (`gpu_engine`), on CPU onnxruntime for auto."""
+    if any(device.is_gpu for device in devices):
+        return gpu_engine or ("paddle" if config.engine == "auto" else config.engine)
+    return "onnxruntime" if config.engine == "auto" else config.engine
 
 
-def resolve_models(config: JobConfig, devices: list[Device]) -> ModelDirs:
+def resolve_models(config: JobConfig, devices: list[Device], gpu_engine: Engine | None = None) -> ModelDirs:
     """The model names and dirs workers load; bundled models get their cache dir."""
-    engine = resolve_engine(config, devices)
+    engine = resolve_engine(config, devices, gpu_engine)
     cache = config.model_cache_dir or default_cache_dir()
     dirs = []
     for name, given in ((config.text_detection_model_name, config.text_detection_model_dir),

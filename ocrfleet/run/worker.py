@@ -214,7 +214,7 @@ def run_shard(run_dir: Path, shard: int, engine_factory: Callable[..., OcrEngine
              len(pages) - len(todo))
     started = time.monotonic()
     engine = engine_factory(plan.models, _paddle_device(spec), plan.threads_per_worker, plan.rec_batch_size,
-                            det_limit=plan.det_limit) if todo else None
+                            det_limit=plan.det_limit, fixed_shapes=plan.fixed_shapes) if todo else None
     load_s = time.monotonic() - started
     held, warnings = None, []
     if engine is not None:
