@@ -31,7 +31,7 @@ from ocrfleet.plan.placement import place
 from ocrfleet.policy import PolicyError, check_run
 from ocrfleet.run.progress import ProgressBar
 from ocrfleet.reduce.publish import is_published, publish
-from ocrfleet.reduce.summary import RunSummary, up_to_date
+from ocrfleet.reduce.summary import RunSummary, counted, up_to_date
 
 _EXPECTED = (ConfigError, DeviceError, InputError, PolicyError, RunDirBusy, RunDirRefused)
 _FLOW_COMMANDS = ("run", "reprocess", "corpus")  # commands that run a Prefect flow in this process
@@ -156,7 +156,7 @@ def _config(args: argparse.Namespace) -> JobConfig:
         args.config, inputs=tuple(args.inputs) or None, output_dir=args.output_dir, devices=args.devices,
         workers_per_device=args.workers_per_device, engine=args.engine, models=args.models,
         max_failure_rate=args.max_failure_rate, threads_per_worker=args.threads_per_worker,
-        publish_to=args.publish_to,
+        publish_to=args.publish_to, retry_failed=getattr(args, "retry_failed", False) or None,
     )
 
 
@@ -192,7 +192,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         with hold_run_dir(Path(config.output_dir), "ocrfleet run: up-to-date check"):
             finished = up_to_date(config)
     if finished is not None:  # nothing new since the last run: no Prefect run, no model load
-        print(f"ocrfleet: nothing to do: all {finished.pages_planned} pages are done already "
+        done = "the 1 page is" if finished.pages_planned == 1 else f"all {finished.pages_planned} pages are"
+        print(f"ocrfleet: nothing to do: {done} done already "
               f"(results: {Path(config.output_dir) / 'results.jsonl'})")
         return _finished(config, finished)
     from ocrfleet.flows.ocr_flow import ocr_run  # Prefect is imported only by commands that run a flow
@@ -289,7 +290,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(choice)
     done = f" ({plan.pages_skipped} already done, skipped)" if plan.pages_skipped else ""
     models = f"{plan.models.text_detection_model_name} + {plan.models.text_recognition_model_name}"
-    print(f"{plan.pages_total} pages{done}, {len(plan.shards)} shards, engine {plan.models.engine} ({models}), "
+    print(f"{counted(plan.pages_total, 'page')}{done}, {counted(len(plan.shards), 'shard')}, "
+          f"engine {plan.models.engine} ({models}), "
           f"{plan.threads_per_worker} thread(s) per worker")
     for spec in plan.shards:
         env = " ".join(f"{key}={value!r}" for key, value in sorted(spec.env.items()) if "THREADS" not in key)
@@ -383,12 +385,20 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from ocrfleet.tasks.deploy import deploy
+    from ocrfleet.tasks.deploy import PREFECT_FILE, deploy, unset_schedules
 
     root = Path(__file__).resolve().parents[1]  # a checkout (or editable install): deployments/ lives there
     pools = deploy(root, api_url=args.api_url)
-    print(f"ocrfleet: work pools {', '.join(pools)} and the deployments of {root / 'deployments' / 'prefect.yaml'} "
-          f"are in place; start a worker on each GPU machine: prefect worker start --pool {pools[0]} --limit 1")
+    print(f"ocrfleet: work pools {', '.join(pools)} and the deployments of {root / PREFECT_FILE} are in place.\n"
+          f"  GPU machines: start one worker on each, from a checkout at this same path ({root}):\n"
+          f"    prefect worker start --pool {pools[0]} --limit 1\n"
+          "  corpus runs need one control worker (any machine, no GPU; same checkout path and shared storage):\n"
+          "    prefect worker start --pool ocrfleet-control --name control\n"
+          "  stop a worker with Ctrl-C (or SIGTERM) when it has no run in flight; see docs/prefect.md section 3.")
+    for name, why in unset_schedules(root / PREFECT_FILE).items():
+        print(f"ocrfleet: the {name} schedule (02:00 UTC) is deployed INACTIVE: its paths are not set for this "
+              f"installation ({why}). Set inputs and output_dir in {root / PREFECT_FILE} and run `ocrfleet deploy` "
+              f"again, or edit them in the UI (Deployments > ocrfleet/{name} > Edit) and turn the schedule on there.")
     return 0
 
 
@@ -415,6 +425,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="plan, OCR on every device, reduce; exit 0 only for a valid run")
     _job_arguments(run)
+    run.add_argument("--retry-failed", action="store_true",
+                     help="do the failed pages of the output dir again, keep every ok one; results.jsonl is updated "
+                     "in place and summary.json says what was retried")
     run.set_defaults(handler=cmd_run)
     plan = commands.add_parser("plan", help="show shards, devices and worker environments; start nothing")
     _job_arguments(plan)

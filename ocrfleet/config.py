@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ocrfleet.config_schema import DEVICES_PATTERN, OUTPUT_DIR_PATTERN, job_schema_rules
 from ocrfleet.plan.models import DEFAULT_PRESET, DET_LIMIT, PRESETS, Preset, preset_engines
 from ocrfleet.inputs.storage import check_protocol, is_url, local_path
 
@@ -19,7 +20,8 @@ class ConfigError(ValueError):
 class JobConfig(BaseModel):
     """Everything a run needs; frozen, unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # The schema states the validators' checks too: Prefect refuses a bad parameter before creating a run.
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=job_schema_rules)
 
     inputs: tuple[str, ...] = Field(
         (), description="Image, PDF and TIFF files (a page range as `scan.pdf[1-5,8]`, 1-based), directories "
@@ -28,7 +30,8 @@ class JobConfig(BaseModel):
         "Required unless only_failed is set.",
     )
     output_dir: Path = Field(..., description="Run directory: plan, records, results, summary. A POSIX path "
-                             "(local disk or NFS), never an object store: see publish_to.")
+                             "(local disk or NFS), never an object store: see publish_to.",
+                             json_schema_extra={"pattern": OUTPUT_DIR_PATTERN})
     publish_to: str | None = Field(
         None, description="After a valid run, copy its outputs (results, failures, parquet, text/, pages/, vis/; "
         "summary.json last) to this path or fsspec URL (s3://bucket/ocr/run1, file:///nfs/results).",
@@ -54,6 +57,7 @@ class JobConfig(BaseModel):
     devices: str = Field(
         "auto",
         description="'auto' (all visible GPUs, else 1 CPU worker), 'gpu', 'gpu:0,2,3', 'cpu' or 'cpu:N'.",
+        json_schema_extra={"pattern": DEVICES_PATTERN},
     )
     exclude: tuple[int, ...] = Field((), description="NVML indices of GPUs never to use.")
     min_free_memory_mb: int = Field(
@@ -125,6 +129,11 @@ class JobConfig(BaseModel):
         None, description="Reprocessing: the earlier run dir this run redoes pages of (shown in summary.json)."
     )
     only_failed: bool = Field(False, description="Reprocessing: only the failed pages of derived_from.")
+    retry_failed: bool = Field(
+        False, description="Do the pages whose record in output_dir failed again and keep every ok one: "
+        "results.jsonl is updated in place, summary.json says what was retried, and the earlier failed records "
+        "stay in retried/NNNNN.jsonl. Same inputs and output_dir as the run being retried.",
+    )
     only_error_classes: tuple[str, ...] = Field(
         (), description="With only_failed: only failures of these classes (e.g. WorkerCrashed); all when empty."
     )
@@ -142,6 +151,9 @@ class JobConfig(BaseModel):
     def _something_to_do(self) -> JobConfig:
         if self.only_failed and self.derived_from is None:
             raise ValueError("only_failed needs derived_from: the run whose failed pages to redo")
+        if self.retry_failed and self.only_failed:
+            raise ValueError("retry_failed redoes failed pages in output_dir itself; only_failed reprocesses "
+                             "derived_from's into a new output dir: set one of them")
         if self.only_error_classes and not self.only_failed:
             raise ValueError("only_error_classes applies to only_failed reprocessing; set only_failed too")
         if self.engine == "paddle" and not self.model_names_given() and "paddle" not in preset_engines(self.models):

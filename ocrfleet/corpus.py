@@ -31,7 +31,7 @@ from ocrfleet.inputs.listing import collect_pages
 from ocrfleet.reduce.outputs import write_outputs
 from ocrfleet.plan.planning import split_balanced
 from ocrfleet.records import PageRecord, PageRef, ShardReport, complete_lines, write_atomic
-from ocrfleet.reduce.summary import Totals, reconcile_lines
+from ocrfleet.reduce.summary import Totals, counted, reconcile_lines
 
 CORPUS_PLAN = "corpus.json"
 
@@ -240,7 +240,7 @@ class CorpusSummary(Totals):
     _kind: ClassVar[str] = "corpus run"
 
     def _counted_in(self) -> str:
-        return f" in {len(self.chunks)} chunks"
+        return f" in {counted(len(self.chunks), 'chunk')}"
 
 
 def reduce_corpus(plan: CorpusPlan, runs: dict[int, ChunkRun], wall_s: float | None = None) -> CorpusSummary:

@@ -13,12 +13,15 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import yaml
+
+from ocrfleet.inputs.storage import is_url
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +51,49 @@ def deploy(repo_root: Path, *, api_url: str | None = None) -> list[str]:
         if not _pool_exists(pool, env, repo_root):
             _prefect(["work-pool", "create", pool, "--type", "process"], env, repo_root)
             log.info("created process work pool %s", pool)
-    _prefect(["--no-prompt", "deploy", "--all", "--prefect-file", str(PREFECT_FILE)], env, repo_root)
+    unset = unset_schedules(repo_root / PREFECT_FILE)
+    with tempfile.TemporaryDirectory(prefix="ocrfleet-deploy-") as scratch:
+        prefect_file = _with_schedules_off(repo_root / PREFECT_FILE, set(unset), Path(scratch))
+        _prefect(["--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file)], env, repo_root)
     log.info("deployed %s to %s (pools %s)", PREFECT_FILE, api_url, ", ".join(pools))
     return pools
+
+
+def unset_schedules(prefect_file: Path) -> dict[str, str]:
+    """Scheduled deployments whose paths are not set for this installation, each with why.
+
+    A schedule fires unattended on whatever sits at its paths: the example's `/data/scans` is a
+    placeholder until it exists here. Such schedules are deployed inactive (`ocrfleet deploy` says so).
+    """
+    data = yaml.safe_load(prefect_file.read_text(encoding="utf-8"))
+    unset = {}
+    for deployment in data.get("deployments", []):
+        if not any(schedule.get("active", True) for schedule in deployment.get("schedules") or []):
+            continue
+        config = (deployment.get("parameters") or {}).get("config") or {}
+        job = config.get("job", config)  # the corpus deployment nests the job
+        missing = [path for path in job.get("inputs") or [] if not is_url(path) and not Path(path).exists()]
+        output = job.get("output_dir")
+        if output and not is_url(str(output)) and not Path(output).parent.is_dir():
+            missing.append(f"{Path(output).parent} (output_dir's parent)")
+        if missing or not job.get("inputs") or not output:
+            unset[deployment["name"]] = ("not on this machine: " + ", ".join(missing)) if missing else \
+                "inputs or output_dir not set"
+    return unset
+
+
+def _with_schedules_off(prefect_file: Path, names: set[str], scratch: Path) -> Path:
+    """`prefect_file`, or a copy of it in `scratch` where the schedules of `names` are inactive."""
+    if not names:
+        return prefect_file
+    data = yaml.safe_load(prefect_file.read_text(encoding="utf-8"))
+    for deployment in data["deployments"]:
+        if deployment["name"] in names:
+            for schedule in deployment.get("schedules") or []:
+                schedule["active"] = False
+    copy = scratch / prefect_file.name
+    copy.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return copy
 
 
 def pools_named(prefect_file: Path) -> list[str]:

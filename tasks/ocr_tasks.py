@@ -4,9 +4,10 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Cancelled, State
 
 from ocrfleet.config import JobConfig
-from ocrfleet.run.launch import NotRetryable, run_worker
+from ocrfleet.run.launch import NotRetryable, RunCancelled, WorkerStopped, run_worker
 from ocrfleet.plan.planning import Plan, ShardPlan, place_for, prepare_run, shard_paths
 from ocrfleet.reduce.publish import publish
 from ocrfleet.tasks.reporting import ProgressReporter
@@ -34,8 +35,12 @@ def _worth_retrying(task, task_run, state) -> bool:
 
 @task(name="run-shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5,
       retry_condition_fn=_worth_retrying)
-def run_shard(run_dir: Path, spec: ShardPlan, progress: ProgressReporter | None = None) -> None:
-    """Run one shard's worker subprocess to the end; raise so Prefect retries (the worker resumes)."""
+def run_shard(run_dir: Path, spec: ShardPlan, progress: ProgressReporter | None = None) -> State | None:
+    """Run one shard's worker subprocess to the end; raise so Prefect retries (the worker resumes).
+
+    A cancelled run's shard ends Cancelled (its records so far are kept for a rerun), not Failed; so does one
+    whose worker was stopped by a signal from outside (the cancel's SIGTERM to the process group).
+    """
     logger = get_run_logger()
     if shard_paths(run_dir, spec.shard)["done"].exists():
         logger.info("shard %d: already done", spec.shard)
@@ -46,7 +51,12 @@ def run_shard(run_dir: Path, spec: ShardPlan, progress: ProgressReporter | None 
         if progress is not None:
             progress.observe(message)
 
-    run_worker(run_dir, spec, sink=sink)
+    try:
+        run_worker(run_dir, spec, sink=sink)
+    except (RunCancelled, WorkerStopped) as exc:
+        logger.info("%s", exc)
+        return Cancelled(message=str(exc))
+    return None
 
 
 @task(name="reduce", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
@@ -54,7 +64,11 @@ def reduce_shards(run_dir: Path, shard_errors: dict[int, str], wall_s: float) ->
     """Reconcile and aggregate every shard; write results.jsonl and summary.json."""
     summary = reduce_run(run_dir, shard_errors, wall_s)
     logger = get_run_logger()
-    logger.info("%s; results in %s", summary.verdict(), run_dir / "results.jsonl")
+    if summary.valid:
+        logger.info("%s; results in %s", summary.verdict(), run_dir / "results.jsonl")
+    else:  # the one line that says why the run fails; the flow ends Failed with it, without a traceback
+        logger.error("run INVALID: %s; see %s (failures: %s)", summary.verdict(), run_dir / "summary.json",
+                     run_dir / "failures.jsonl")
     return summary
 
 

@@ -19,7 +19,7 @@ from prefect.artifacts import (
 
 from ocrfleet.corpus import CorpusSummary
 from ocrfleet.plan.planning import Plan
-from ocrfleet.reduce.summary import RunSummary
+from ocrfleet.reduce.summary import RunSummary, counted
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,8 @@ class ProgressReporter:
         return 100.0 if self.pages_total == 0 else round(100.0 * pages_done / self.pages_total, 2)
 
     def _describe(self, pages_done: int) -> str:
-        return f"{pages_done} of {self.pages_total} pages OCRed ({self.shards} {self.unit})"
+        unit = self.unit.removesuffix("s") if self.shards == 1 else self.unit  # "1 shard", "2 shards"
+        return f"{pages_done} of {counted(self.pages_total, 'page')} OCRed ({self.shards} {unit})"
 
     def _publish(self, pages_done: int) -> None:
         try:
@@ -106,6 +107,33 @@ def publish_summary(summary: RunSummary, plan: Plan) -> None:
                           description=f"ocrfleet shards of {summary.run_dir}")
     create_markdown_artifact(summary_markdown(summary, plan), key=SUMMARY_KEY,
                              description=f"ocrfleet verdict for {summary.run_dir}")
+
+
+def publish_cancelled(plan: Plan, pages_recorded: int) -> None:
+    """The summary artifact of a cancelled run: marked cancelled, with pages done and left and how to resume."""
+    create_markdown_artifact(cancelled_markdown(plan, pages_recorded), key=SUMMARY_KEY,
+                             description=f"ocrfleet run of {plan.config.output_dir}: cancelled")
+
+
+def cancelled_markdown(plan: Plan, pages_recorded: int) -> str:
+    run_dir = plan.config.output_dir
+    to_do = plan.pages_total - plan.pages_skipped
+    left = max(to_do - pages_recorded, 0)
+    return "\n".join([
+        "# ocrfleet run: cancelled",
+        "",
+        f"**Cancelled with {pages_recorded} of {counted(to_do, 'page')} done, {left} left.** "
+        "Nothing was reduced: no results.jsonl or summary.json was written for this run.",
+        "",
+        "| pages planned | skipped (done before) | done in this run | left | shards |",
+        "|---|---|---|---|---|",
+        f"| {plan.pages_total} | {plan.pages_skipped} | {pages_recorded} | {left} | {len(plan.shards)} |",
+        "",
+        "## Resume",
+        "",
+        f"Run it again with the same config and output_dir `{run_dir}` (trigger the deployment again with the "
+        "same parameters, or the same `ocrfleet run` command): the pages done are kept, only the rest is OCRed.",
+    ]) + "\n"
 
 
 def shard_rows(summary: RunSummary) -> list[dict[str, Any]]:

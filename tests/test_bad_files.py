@@ -225,7 +225,7 @@ def test_the_cli_reads_a_file_whose_name_is_not_utf8_with_real_paddleocr_into_ev
     assert Image.open(out / "vis" / mirrored.with_name(NON_UTF8 + ".p00000.png")).size == (700, 220)
     parquet = pq.read_table(out / "results.parquet").to_pylist()
     assert [row["source"] for row in parquet] == [str(folder / "bad\\xff\\xfename.png")]
-    assert second.returncode == 0 and "nothing to do: all 1 pages are done already" in second.stdout, second.stderr
+    assert second.returncode == 0 and "nothing to do: the 1 page is done already" in second.stdout, second.stderr
 
     named = subprocess.run(cli[:4] + [str(folder / NON_UTF8)] + cli[5:-2], capture_output=True, text=True)
     assert named.returncode == 2 and "not UTF-8" in named.stderr  # refused before Prefect, saying what to do

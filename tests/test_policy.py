@@ -71,7 +71,7 @@ def test_plan_is_refused_too_and_runs_inside_the_roots(site, capsys):
     assert main(["plan", str(site / "elsewhere"), "-o", str(site / "results" / "r"), "--devices", "cpu"]) == 2
     assert main(["plan", str(site / "scans"), "-o", str(site / "results" / "r"), "--devices", "cpu",
                  "--publish-to", "s3://shared/ocr/run1"]) == 0
-    assert "1 pages" in capsys.readouterr().out
+    assert "1 page," in capsys.readouterr().out
 
 
 def test_the_flow_refuses_a_run_outside_the_roots_before_creating_its_run_dir(site, prefect_api):

@@ -78,9 +78,48 @@ def test_deploy_creates_the_pool_and_both_deployments_and_is_idempotent(deployed
         assert set(deployment["parameter_openapi_schema"]["properties"]) == {"config"}
     assert api_call(deployed, "work_pools/ocrfleet-control")["type"] == "process"
     [schedule] = found["nightly"]["schedules"]
-    assert schedule["active"] and schedule["schedule"]["cron"] == "0 2 * * *"
-    assert schedule["schedule"]["timezone"] == "UTC"
+    assert schedule["schedule"]["cron"] == "0 2 * * *" and schedule["schedule"]["timezone"] == "UTC"
+    assert "UTC" in found["nightly"]["description"]
     assert found["adhoc"]["schedules"] == []
+    assert found["adhoc"]["parameters"] == {}  # no default output_dir: a quick run never writes into the checkout
+
+
+def test_deploy_leaves_no_schedule_active_whose_inputs_are_not_on_this_machine(deployed, tmp_path):
+    # The example's /data/scans is not on a test machine: the nightly schedule is deployed inactive.
+    for deployment in deployments(deployed).values():
+        for schedule in deployment["schedules"]:
+            inputs = deployment["parameters"]["config"]["inputs"]
+            assert not schedule["active"] or all(Path(path).exists() for path in inputs), deployment["name"]
+    assert not deployments(deployed)["nightly"]["schedules"][0]["active"]
+
+    # Set for this installation (inputs there, output_dir's parent there): deployed active.
+    root = tmp_path / "site"
+    (root / "deployments").mkdir(parents=True)
+    (tmp_path / "scans").mkdir()
+    text = (ROOT / "deployments" / "prefect.yaml").read_text()
+    text = text.replace('inputs: ["/data/scans"]\n        output_dir: /data/ocr/nightly',
+                        f'inputs: ["{tmp_path / "scans"}"]\n        output_dir: {tmp_path / "nightly"}')
+    (root / "deployments" / "prefect.yaml").write_text(text)
+    deploy(root, api_url=deployed)
+    try:
+        nightly = deployments(deployed)["nightly"]
+        assert nightly["schedules"][0]["active"] and nightly["parameters"]["config"]["inputs"] == [str(tmp_path / "scans")]
+    finally:
+        deploy(ROOT, api_url=deployed)  # the module's other tests use the checkout's deployments
+
+
+def test_the_deploy_command_names_both_pools_workers_and_an_inactive_schedule(deployed, home):
+    import subprocess
+    import sys
+
+    from tests.prefect_server import quiet_env
+
+    done = subprocess.run([sys.executable, "-m", "ocrfleet.cli", "deploy", "--api-url", deployed], cwd=ROOT,
+                          env=quiet_env(home), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "prefect worker start --pool ocrfleet --limit 1" in done.stdout
+    assert "prefect worker start --pool ocrfleet-control" in done.stdout and str(ROOT) in done.stdout
+    assert "nightly schedule (02:00 UTC) is deployed INACTIVE" in done.stdout and "/data/scans" in done.stdout
 
 
 def test_deploy_against_an_unreachable_server_says_what_to_do():
@@ -125,7 +164,7 @@ def test_reprocessing_only_the_failed_pages_of_a_run_through_the_server(deployed
     assert wait_for_state(deployed, run_id, {"COMPLETED", "FAILED", "CRASHED"}, 240)["state_type"] == "COMPLETED"
     broken.write_bytes((word_pages / "beta.png").read_bytes())  # the file got fixed upstream
     redo = tmp_path / "redo"
-    run_id = trigger_adhoc(deployed, home, {"derived_from": str(first), "only_failed": True,
+    run_id = trigger_adhoc(deployed, home, {"inputs": [], "derived_from": str(first), "only_failed": True,
                                             "only_error_classes": ["NotAnImage"], "output_dir": str(redo),
                                             "devices": "cpu:1"})
     run = wait_for_state(deployed, run_id, {"COMPLETED", "FAILED", "CRASHED"}, 240)
@@ -145,11 +184,14 @@ def test_a_deployment_run_refused_for_its_inputs_creates_nothing_on_disk(deploye
     assert list(tmp_path.iterdir()) == []  # no output dir, no parent of it, no lock
 
 
-def test_bad_parameters_are_refused_before_a_run_is_created(deployed, home, tmp_path):
+@pytest.mark.parametrize("bad, named", [({"workers_per_device": 0}, "workers_per_device"),
+                                        ({"devices": "tpu:3"}, "devices"), ({"devices": "gpu:1,1"}, "devices"),
+                                        ({"output_dir": "s3://bucket/run"}, "output_dir"),
+                                        ({"inputs": []}, "inputs")])
+def test_bad_parameters_are_refused_before_a_run_is_created(deployed, home, tmp_path, bad, named):
     before = len(api_call(deployed, "flow_runs/filter", {}))
-    with pytest.raises(RuntimeError, match="workers_per_device"):
-        trigger_adhoc(deployed, home, {"inputs": ["samples/pages"], "output_dir": str(tmp_path),
-                                       "workers_per_device": 0})
+    with pytest.raises(RuntimeError, match=named):
+        trigger_adhoc(deployed, home, {"inputs": ["samples/pages"], "output_dir": str(tmp_path), **bad})
     assert len(api_call(deployed, "flow_runs/filter", {})) == before
 
 
@@ -176,6 +218,13 @@ def test_cancelling_an_adhoc_run_stops_every_worker_process(deployed, worker, ho
                              timeout_s=30)
         assert run["state_type"] == "CANCELLED", worker.read_text()[-4000:]
         assert not (out / "results.jsonl").exists()  # stopped before reduce
+        # Its shards end Cancelled, not Failed, and it says what it finished and how to resume.
+        shards = [task for task in api_call(deployed, "task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
+                  if task["name"].startswith("run-shard")]
+        assert sorted(task["state_type"] for task in shards) == ["CANCELLED", "CANCELLED"], \
+            [task["state"]["message"] for task in shards]
+        [summary] = [a["data"] for a in run_artifacts(deployed, flow_run_id) if a["key"] == "ocrfleet-summary"]
+        assert "# ocrfleet run: cancelled" in summary and " left.**" in summary and "## Resume" in summary
 
         # The same run again resumes: the lock the cancelled run held is free, finished pages are kept.
         written = sum(len(path.read_text().splitlines()) for path in (out / "records").glob("*.jsonl"))

@@ -57,6 +57,8 @@ class Plan(JsonModel):
         return (self.config.text_det_limit_side_len, self.config.text_det_limit_type)
     pages_total: int  # every page the inputs name
     pages_skipped: int  # of those, already done by an earlier run (their records are in carried.jsonl)
+    pages_retried: int = 0  # retry_failed: pages planned again because their record in output_dir failed
+    retry_round: int = 0  # retry_failed: n of `retried/{n:05d}.jsonl`, where their failed records are kept
     shards: tuple[ShardPlan, ...]
     warnings: tuple[str, ...] = ()
     versions: dict[str, str]
@@ -135,6 +137,7 @@ def make_plan(config: JobConfig, placement: Placement | None = None) -> Planned:
     settings = fingerprint(models, f"text_recognition_batch_size={rec_batch_size}",
                            f"text_det_limit={det_limit[0]}/{det_limit[1]}", *(["fixed_shapes"] if fixed else []))
     candidates, pages, reused = pages_to_do(config, settings)
+    retried = failed_before(Path(config.output_dir), pages) if config.retry_failed else []
     slots = [device for device in placement.devices for _ in range(per_device)]
     shard_pages = [ShardPages(members) for members in split_balanced(pages, min(len(slots), len(pages)))]
     # Spread shards over devices first, so that a small run still uses every device.
@@ -147,7 +150,8 @@ def make_plan(config: JobConfig, placement: Placement | None = None) -> Planned:
     )
     plan = Plan(config=config, models=models, settings=settings, threads_per_worker=threads,
                 rec_batch_size=rec_batch_size,
-                pages_total=len(candidates), pages_skipped=len(reused), shards=shards,
+                pages_total=len(candidates), pages_skipped=len(reused), pages_retried=len(retried),
+                retry_round=retry_round(Path(config.output_dir)) if retried else 0, shards=shards,
                 warnings=tuple(placement.warnings), versions=_versions(), fixed_shapes=fixed,
                 choices=(per_device_why, fixed_why))
     return Planned(plan, shard_pages, reused)
@@ -158,9 +162,27 @@ def pages_to_do(config: JobConfig, settings: str) -> tuple[list[Page], list[Page
     candidates = failed_pages(config) if config.only_failed else list_pages(
         config.inputs, dpi=config.pdf_dpi, include_globs=config.include_globs, exclude_globs=config.exclude_globs,
         manifest_path_column=config.manifest_path_column, leave_out=str(config.output_dir))
-    pages, reused = split_done(candidates, prior_records(Path(config.output_dir)),
-                               lambda page: page_settings(settings, config, page))
+    prior = prior_records(Path(config.output_dir))
+    if config.retry_failed:  # failed records are not reused: their pages are done again
+        prior = {key: earlier for key, earlier in prior.items() if earlier.identity.status != "failed"}
+    pages, reused = split_done(candidates, prior, lambda page: page_settings(settings, config, page))
     return candidates, pages, reused
+
+
+def failed_before(run_dir: Path, pages: list[Page]) -> list[Prior]:
+    """retry_failed: the failed records `run_dir` holds for `pages`, the pages about to be done again."""
+    keys = {page.key for page in pages}
+    return sorted((earlier for key, earlier in prior_records(run_dir).items()
+                   if key in keys and earlier.identity.status == "failed"), key=lambda earlier: earlier.identity.key)
+
+
+def retry_round(run_dir: Path) -> int:
+    """The number of the next round of retried pages in `run_dir` (1 for the first)."""
+    return len(list((run_dir / RETRIED).glob("*.jsonl"))) + 1
+
+
+def retried_path(run_dir: Path, retry_round: int) -> Path:
+    return run_dir / RETRIED / f"{retry_round:05d}.jsonl"
 
 
 def failed_pages(config: JobConfig) -> list[Page]:
@@ -284,6 +306,8 @@ def prepare_models(plan: Plan) -> None:
             raise FileNotFoundError(f"model dir {directory} for {name} has no inference.yml")
 
 
+RETRIED = "retried"  # retry_failed: one file per round with the failed records that round redid
+
 # What a plan and its workers write, by folder and name: cleared when a new plan replaces it, after its records
 # are carried. Only these names (and their temporary files) go: anything else in those folders is not the run's.
 _GENERATION = {"shards": r"\d{5}\.jsonl", "records": r"\d{5}\.jsonl", "reports": r"\d{5}\.json", "done": r"\d{5}"}
@@ -308,6 +332,11 @@ def write_plan(run_dir: Path, planned: Planned) -> None:
     `carried.jsonl` before its files go, and the next run plans again from whatever is there.
     """
     carried = sorted(planned.reused, key=lambda prior: prior.identity.key)
+    if planned.plan.pages_retried:  # the history of a retry: the failed records it redoes, kept beside the run
+        retried = failed_before(run_dir, [page for pages in planned.shard_pages for page in pages.pages])
+        path = retried_path(run_dir, planned.plan.retry_round)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, "".join(prior.line + "\n" for prior in retried))
     write_atomic(run_dir / CARRIED, "".join(prior.line + "\n" for prior in carried))
     _clear_generation(run_dir)
     for shard, pages in enumerate(planned.shard_pages):

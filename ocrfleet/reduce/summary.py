@@ -12,8 +12,14 @@ from pydantic import BaseModel, ValidationError
 from ocrfleet.plan.ledger import CARRIED
 from ocrfleet.reduce.outputs import write_outputs
 from ocrfleet.config import JobConfig
-from ocrfleet.plan.planning import Plan, make_plan, pages_to_do, read_manifest, read_plan, shard_paths
+from ocrfleet.plan.planning import (Plan, make_plan, pages_to_do, read_manifest, read_plan, retried_path,
+                                    shard_paths)
 from ocrfleet.records import JsonModel, PageRecord, RecordIdentity, ShardReport, complete_lines, write_atomic
+
+
+def counted(count: int, noun: str) -> str:
+    """`1 page`, `2 pages`: a count with its noun in the right number."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 class ShardSummary(BaseModel):
@@ -51,12 +57,24 @@ class Totals(JsonModel):
         if self.failure_rate > self.max_failure_rate:
             return (f"{self.pages_failed} of {self.pages_planned} pages failed ({self.failure_rate:.1%}), above "
                     f"max_failure_rate={self.max_failure_rate:.1%}; see failures.jsonl")
-        return f"{self.pages_ok} pages ok, {self.pages_failed} failed{self._counted_in()}, no problems"
+        return f"{counted(self.pages_ok, 'page')} ok, {self.pages_failed} failed{self._counted_in()}, no problems"
 
     _kind: ClassVar[str] = "run"
 
     def _counted_in(self) -> str:
         return ""
+
+
+class Retried(BaseModel):
+    """What a retry of failed pages redid (retry_failed in place, or only_failed into a new output dir)."""
+
+    pages: int  # pages whose earlier record failed, done again
+    still_failed: int  # of them, failed again
+    earlier_records: str  # where their earlier failed records are kept
+
+    def sentence(self) -> str:
+        return (f"retried {counted(self.pages, 'failed page')}: {self.pages - self.still_failed} now ok, "
+                f"{self.still_failed} still failed (earlier records: {self.earlier_records})")
 
 
 class RunSummary(Totals):
@@ -65,11 +83,16 @@ class RunSummary(Totals):
     run_dir: str
     derived_from: str | None = None  # reprocessing: the earlier run this one redid pages of
     pages_skipped: int  # done by an earlier run with the same file content and settings: not redone
+    retried: Retried | None = None
     shards: list[ShardSummary]
     # The reduce's commit: written last, naming the exact `run.json` and `results.jsonl` it summarizes. Outputs
     # that do not match it are a reduce cut short, never a finished run (`up_to_date` redoes it).
     plan_sha256: str | None = None
     results_sha256: str | None = None
+
+    def verdict(self) -> str:
+        said = super().verdict()
+        return f"{said}; {self.retried.sentence()}" if self.retried else said
 
 
 R = TypeVar("R", bound=RecordIdentity)
@@ -113,7 +136,8 @@ def reduce_run(run_dir: Path, shard_errors: dict[int, str] | None = None, wall_s
         records = [PageRecord.model_validate_json(line) for _, line in entries]
         write_outputs(run_dir, records, config.outputs, dpi=config.pdf_dpi, max_pixels=config.max_image_pixels)
     digests = {"plan_sha256": _sha256(plan_bytes), "results_sha256": _sha256((run_dir / "results.jsonl").read_bytes())}
-    summary = _summarize(run_dir, plan, entries, failed, shards, problems, warnings, wall_s).model_copy(update=digests)
+    summary = _summarize(run_dir, plan, entries, failed, shards, problems, warnings, wall_s).model_copy(
+        update={**digests, "retried": _retried(run_dir, plan, failed)})
     write_atomic(run_dir / "summary.json", summary.model_dump_json(indent=2) + "\n")  # the commit: last
     return summary
 
@@ -145,6 +169,19 @@ def _summarize(run_dir: Path, plan: Plan, records: list[Entry], failed: list[Ent
         max_failure_rate=plan.config.max_failure_rate, failures_by_class=dict(sorted(by_class.items())),
         wall_s=round(wall_s, 3) if wall_s is not None else None, shards=shards,
         warnings=warnings, problems=problems)
+
+
+def _retried(run_dir: Path, plan: Plan, failed: list[Entry]) -> Retried | None:
+    """What this run redid of earlier failures: in place (retry_failed) or as a reprocessing (only_failed)."""
+    if plan.config.only_failed:
+        return Retried(pages=plan.pages_total, still_failed=len(failed),
+                       earlier_records=str(Path(plan.config.derived_from) / "failures.jsonl"))
+    if not plan.pages_retried:
+        return None
+    path = retried_path(run_dir, plan.retry_round)
+    keys = {RecordIdentity.model_validate_json(line).key for line in complete_lines(path)}
+    return Retried(pages=plan.pages_retried, still_failed=sum(identity.key in keys for identity, _ in failed),
+                   earlier_records=str(path))
 
 
 def _placement_problems(plan: Plan, shards: list[ShardSummary]) -> list[str]:

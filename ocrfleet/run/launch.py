@@ -55,17 +55,25 @@ class RunAborted(NotRetryable):
     """Another shard of the run failed in a way that invalidates the whole run, so this one was stopped."""
 
 
+class RunCancelled(RunAborted):
+    """The run was cancelled, so this shard was stopped (or never started): an outcome, not a failure."""
+
+
 # Workers running in this process, by run dir, so that a placement mismatch in one shard stops its
 # siblings at once instead of letting them OCR pages into a run that is already invalid.
 _lock = threading.Lock()
 _running: dict[Path, set[subprocess.Popen]] = collections.defaultdict(set)
 _aborted: dict[Path, str] = {}
+_cancelled: set[Path] = set()
 
 
-def abort_run(run_dir: Path, reason: str) -> None:
-    """Stop every worker of the run and refuse new ones until `reset_run`."""
+def abort_run(run_dir: Path, reason: str, cancelled: bool = False) -> None:
+    """Stop every worker of the run and refuse new ones until `reset_run`; `cancelled`: the shards end as
+    `RunCancelled` rather than `RunAborted`."""
     with _lock:
         _aborted[run_dir] = reason
+        if cancelled:
+            _cancelled.add(run_dir)
         for process in _running[run_dir]:
             process.kill()
 
@@ -73,6 +81,7 @@ def abort_run(run_dir: Path, reason: str) -> None:
 def reset_run(run_dir: Path) -> None:
     with _lock:
         _aborted.pop(run_dir, None)
+        _cancelled.discard(run_dir)
 
 
 # The module run as the worker; tests point this at a wrapper that injects faults.
@@ -162,7 +171,8 @@ def _run_once(run_dir: Path, spec: ShardPlan, sink: LineSink, careful: bool, dea
     env = worker_environment(os.environ, {**spec.env, "PYTHONUNBUFFERED": "1"})
     with _lock:
         if run_dir in _aborted:
-            raise RunAborted(f"shard {spec.shard}: not started, the run was stopped: {_aborted[run_dir]}")
+            stopped = RunCancelled if run_dir in _cancelled else RunAborted
+            raise stopped(f"shard {spec.shard}: not started, the run was stopped: {_aborted[run_dir]}")
         # Same process group as the flow: cancelling the flow run kills its group, and so every worker.
         # stdin is a pipe the worker watches: if this process dies anyhow, the worker exits too.
         process = subprocess.Popen(worker_command(run_dir, spec, careful), env=env, stdin=subprocess.PIPE,
@@ -200,7 +210,8 @@ def _run_once(run_dir: Path, spec: ShardPlan, sink: LineSink, careful: bool, dea
         abort_run(run_dir, f"shard {spec.shard} landed on the wrong GPU")
         raise PlacementFailed(_failure_message(run_dir, spec, attempt))
     if attempt.code != 0 and run_dir in _aborted:
-        raise RunAborted(f"shard {spec.shard}: stopped because {_aborted[run_dir]}")
+        stopped = RunCancelled if run_dir in _cancelled else RunAborted
+        raise stopped(f"shard {spec.shard}: stopped because {_aborted[run_dir]}")
     if attempt.code == EXIT_STORAGE:
         abort_run(run_dir, f"shard {spec.shard} could not write to the run dir")
         said = next((line for line in reversed(tail) if "storage error" in line), attempt.tail)
