@@ -22,16 +22,16 @@ from ocrfleet.config import ConfigError, JobConfig, load_config
 from ocrfleet.tasks.deploy import DeployError
 from ocrfleet.plan.devices import DeviceError, visible_gpus
 from ocrfleet.plan.gpu_engines import gpu_engine_problems
-from ocrfleet.plan.models import DEFAULT_PRESET, PRESETS
+from ocrfleet.plan.models import DEFAULT_PRESET, PRESETS, preset_engines
 from ocrfleet.plan.nvml import NvmlUnavailable, nvml_inventory
-from ocrfleet.inputs.listing import InputError, check_inputs
+from ocrfleet.inputs.listing import InputError
 from ocrfleet.run.lock import RunDirBusy, check_run_dir, hold_run_dir
 from ocrfleet.run.rundir import RunDirRefused
 from ocrfleet.plan.placement import place
 from ocrfleet.policy import PolicyError, check_run
 from ocrfleet.run.progress import ProgressBar
 from ocrfleet.reduce.publish import is_published, publish
-from ocrfleet.reduce.summary import RunSummary, counted, up_to_date
+from ocrfleet.reduce.summary import RunSummary, counted, finished as finished_run, up_to_date
 
 _EXPECTED = (ConfigError, DeviceError, InputError, PolicyError, RunDirBusy, RunDirRefused)
 _FLOW_COMMANDS = ("run", "reprocess", "corpus")  # commands that run a Prefect flow in this process
@@ -166,10 +166,8 @@ def _preflight(config: JobConfig) -> None:
     from ocrfleet.run.preflight import preflight
 
     _check_utf8_arguments(config)
-    if not config.only_failed:  # missing files, empty folders, bad manifest rows: exit 2, not a flow's traceback
-        check_inputs(config.inputs, include_globs=config.include_globs, exclude_globs=config.exclude_globs,
-                     manifest_path_column=config.manifest_path_column, leave_out=str(config.output_dir))
-    preflight(config, list_inputs=False)  # the inputs are listed just above
+    # Missing files, empty folders, bad manifest rows: exit 2 here, not a flow's traceback.
+    preflight(config, before_flow=True)
 
 
 def _check_utf8_arguments(config: JobConfig) -> None:
@@ -185,7 +183,7 @@ def _check_utf8_arguments(config: JobConfig) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = getattr(args, "resolved", None) or _config(args)
-    check_run(config)  # the machine's allowed roots, before anything is created
+    check_run(config, before_flow=True)  # the machine's allowed roots, before anything is created
     _preflight(config)
     finished = None
     if (Path(config.output_dir) / "summary.json").is_file():  # only a reduced run can be up to date
@@ -237,7 +235,7 @@ def _finished(config: JobConfig, finished: RunSummary) -> int:
 def _judged_by_files(config: JobConfig) -> int:
     """Without its API the run cannot finish in Prefect; its files say whether it finished all the same."""
     try:
-        finished = up_to_date(config)
+        finished = finished_run(config)
     except Exception as exc:  # noqa: BLE001 - the verdict is "not finished", with the reason
         finished, why = None, f"{type(exc).__name__}: {exc}"
     else:
@@ -310,7 +308,10 @@ def cmd_devices(args: argparse.Namespace) -> int:
     except NvmlUnavailable as exc:
         gpus, reason = [], str(exc)
     floor = JobConfig.model_fields["min_free_memory_mb"].default
-    placement = place(args.devices, min_free_memory_mb=floor, engine=args.engine)
+    engine = args.engine
+    if engine == "auto" and "paddle" not in preset_engines(args.models):  # as a run's planning narrows it
+        engine = "onnxruntime"
+    placement = place(args.devices, min_free_memory_mb=floor, engine=engine)
     engines = gpu_engine_problems()
     visible = {gpu.index for gpu, _ in visible_gpus(gpus, os.environ)}
     used = {device.gpu_id for device in placement.devices}
@@ -357,7 +358,7 @@ def cmd_corpus(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         raise ConfigError(f"invalid corpus settings: {exc}") from None
     _check_utf8_arguments(config.job)
-    check_run(config.job)
+    check_run(config.job, before_flow=True)
     check_run_dir(Path(config.job.output_dir))
     from prefect import tags
 
@@ -447,6 +448,8 @@ def main(argv: list[str] | None = None) -> int:
     devices = commands.add_parser("devices", help="GPU inventory and what a devices spec would use")
     devices.add_argument("--devices", default="auto")
     devices.add_argument("--engine", choices=["auto", "paddle", "onnxruntime"], default="auto")
+    devices.add_argument("--models", choices=list(PRESETS), default=DEFAULT_PRESET,
+                         help="the model preset a run would use (it decides which engines can run it)")
     devices.add_argument("--json", action="store_true")
     devices.set_defaults(handler=cmd_devices)
     corpus = commands.add_parser(

@@ -75,12 +75,16 @@ def load_policy(environ: Mapping[str, str] = os.environ) -> Policy:
         raise ConfigError(f"invalid allowed roots ({POLICY_FILE} or OCRFLEET_ALLOWED_*): {exc}") from None
 
 
-def check_run(config: JobConfig, policy: Policy | None = None) -> Policy:
+def check_run(config: JobConfig, policy: Policy | None = None, *, before_flow: bool = False) -> Policy:
     """Raise `PolicyError` unless everything `config` reads and writes lies inside `policy` (default: this
-    machine's); return the policy. Reads nothing but listings and manifests, writes nothing."""
+    machine's); return the policy. Reads nothing but listings and manifests, writes nothing.
+
+    `before_flow`: the CLI checks a run it is about to start in this process, whose flow then asks once more;
+    that one next check is answered from this one (a flow run on its own is always checked in full).
+    """
     policy = policy or load_policy()
     key = (config, policy)
-    if key in _checked:  # the CLI checked this very run a moment ago, and the flow it starts asks once more
+    if key in _checked:
         _checked.discard(key)
         return policy
     inputs, outputs, publish = (_roots(getattr(policy, name)) for name in SETTINGS)
@@ -98,9 +102,10 @@ def check_run(config: JobConfig, policy: Policy | None = None) -> Policy:
                 _require(str(getattr(config, name)), inputs, "allowed_input_roots", name)
         for spec in () if config.only_failed else config.inputs:
             _require(_spec_base(spec), inputs, "allowed_input_roots", "inputs")  # before listing anything
-        for source in sorted({page.source for page in _planned_pages(config)}):
+        for source in _planned_sources(config):
             _require(source, inputs, "allowed_input_roots", "a page source")
-    _checked.add(key)
+    if before_flow:
+        _checked.add(key)
     return policy
 
 
@@ -142,11 +147,12 @@ def _spec_base(spec: str) -> str:
     return fixed if fixed.endswith("/") else (os.path.dirname(fixed) or ".")
 
 
-def _planned_pages(config: JobConfig) -> list:
-    from ocrfleet.inputs.listing import list_pages  # listing imports config: loaded only when a run is checked
+def _planned_sources(config: JobConfig) -> list[str]:
+    """Every file the run would read pages of: listed by name, as planning lists them, no document opened."""
+    from ocrfleet.inputs.listing import check_inputs  # listing imports config: loaded only when a run is checked
     from ocrfleet.plan.planning import failed_pages
 
     if config.only_failed:
-        return failed_pages(config)
-    return list_pages(config.inputs, dpi=config.pdf_dpi, include_globs=config.include_globs,
-                      exclude_globs=config.exclude_globs, manifest_path_column=config.manifest_path_column)
+        return sorted({page.source for page in failed_pages(config)})
+    return check_inputs(config.inputs, include_globs=config.include_globs, exclude_globs=config.exclude_globs,
+                        manifest_path_column=config.manifest_path_column, leave_out=str(config.output_dir))

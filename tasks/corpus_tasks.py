@@ -27,7 +27,7 @@ from ocrfleet.config import JobConfig
 from ocrfleet.corpus import (ChunkPlan, ChunkRun, CorpusConfig, CorpusPlan, CorpusSummary, StallWatch, chunk_job,
                           plan_corpus, reduce_corpus, write_corpus_plan)
 from ocrfleet.run.lock import RunDirBusy, check_run_dir
-from ocrfleet.reduce.summary import up_to_date
+from ocrfleet.reduce.summary import finished
 
 _ENDED = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
 _GOING = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED]
@@ -244,7 +244,7 @@ def _start_attempt(config: CorpusConfig, spec: ChunkPlan, parameters: dict, name
 def _finished(job: JobConfig, logger) -> bool:
     """Whether the chunk's dir holds a finished run that running `job` again would not change (never raises)."""
     try:
-        done = up_to_date(job, as_before=True)
+        done = finished(job, as_before=True)
     except Exception as exc:  # the chunk's own run will list its inputs again and say what is wrong
         logger.info("%s: not checked for being up to date (%s); starting it", job.output_dir, exc)
         return False

@@ -86,3 +86,16 @@ def test_on_gpus_an_onnx_only_preset_asks_only_for_onnxruntime_gpu(monkeypatch, 
     monkeypatch.setattr("ocrfleet.plan.placement.onnxruntime_gpu_problem", lambda: None)
     placement = place_for(config(tmp_path, devices="gpu"))
     assert resolve_models(config(tmp_path), placement.devices, placement.engine).engine == "onnxruntime"
+
+
+def test_a_paddle_gpu_machine_with_an_onnx_only_preset_is_told_how_to_use_its_gpus(monkeypatch, tmp_path):
+    from ocrfleet.plan.planning import place_for
+    from tests.test_devices import inventory
+
+    monkeypatch.setattr("ocrfleet.plan.placement.nvml_inventory", inventory())
+    monkeypatch.setattr("ocrfleet.plan.placement.paddle_gpu_installed", lambda: True)
+    monkeypatch.setattr("ocrfleet.plan.placement.onnxruntime_gpu_problem", lambda: "no CUDA provider")
+    placement = place_for(config(tmp_path))  # devices auto: falls back to CPU, saying why and what to change
+    assert [device.name for device in placement.devices] == ["cpu"]
+    assert any("--models pp-ocrv4-mobile" in warning and "onnxruntime-gpu" in warning
+               for warning in placement.warnings), placement.warnings

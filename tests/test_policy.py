@@ -135,3 +135,23 @@ def test_the_policy_file_is_read_and_each_variable_overrides_its_key(tmp_path):
     config = load_config(None, inputs=["s3://scans/in/x.png"], output_dir="/data/ocr/r", publish_to="/data/ocr/p")
     with pytest.raises(PolicyError, match=r"publish_to /data/ocr/p is outside .* allowed_publish_prefixes \(nothing\)"):
         check_run(config, policy)
+
+
+def test_the_check_never_takes_the_runs_own_output_as_input(site):
+    scans = site / "scans"
+    vis = scans / "out" / "vis"
+    vis.mkdir(parents=True)
+    (vis / "link.png").symlink_to(site / "elsewhere" / "secret.png")  # what an earlier run's output might hold
+    config = load_config(None, inputs=[str(scans)], output_dir=str(scans / "out"), devices="cpu:1")
+    check_run(config, load_policy({"OCRFLEET_ALLOWED_INPUT_ROOTS": str(scans)}))  # the run never reads out/
+
+
+def test_a_check_the_cli_made_for_its_flow_is_reused_once_and_only_then(site):
+    scans = site / "scans"
+    config = load_config(None, inputs=[str(scans)], output_dir=str(site / "results" / "run"), devices="cpu:1")
+    policy = load_policy({"OCRFLEET_ALLOWED_INPUT_ROOTS": str(scans)})
+    check_run(config, policy, before_flow=True)
+    (scans / "innocent.png").symlink_to(site / "elsewhere" / "secret.png")
+    check_run(config, policy)  # the flow the CLI starts a moment later: answered by the CLI's check
+    with pytest.raises(PolicyError, match="a page source"):
+        check_run(config, policy)  # any later check is made in full

@@ -63,3 +63,21 @@ def test_pages_that_still_fail_after_a_retry_are_named_in_the_verdict(faulty, tm
     assert "retried 2 failed pages: 1 now ok, 1 still failed" in summary.verdict()
     assert sorted(r.source.rsplit("/", 1)[1] for r in read_jsonl(out / "results.jsonl", PageRecord)) == \
         ["bad-1.png", "bad-2.png", "w100.png", "w101.png", "w102.png", "w103.png"]
+
+
+def test_after_a_retry_the_plain_command_has_nothing_to_do_and_a_finished_retry_counts_as_finished(faulty, tmp_path):
+    from ocrfleet.reduce.summary import finished, up_to_date
+
+    faulty()
+    pages = blank_pages(tmp_path / "in", range(100, 103))
+    (pages / "bad.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    config = load_config(None, inputs=[str(pages)], output_dir=str(out), devices="cpu:1", max_failure_rate=0.5)
+    run_all(out, prepare_run(config))
+    retry = config.model_copy(update={"retry_failed": True})
+    summary = run_all(out, prepare_run(retry))
+    assert summary.retried.still_failed == 1
+    # retry_failed is a request, not a setting of the run dir: without it, the rerun finds nothing to do...
+    assert up_to_date(config) is not None
+    # ...and a retry whose page still fails has finished (a lost API server judges it by its files).
+    assert up_to_date(retry) is None and finished(retry) is not None

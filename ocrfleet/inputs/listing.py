@@ -134,14 +134,14 @@ def list_pages(inputs: Sequence[str], *, dpi: int = 100, include_globs: Sequence
 
 
 def check_inputs(inputs: Sequence[str], *, include_globs: Sequence[str] = (), exclude_globs: Sequence[str] = (),
-                 manifest_path_column: str = "path", leave_out: str | None = None) -> int:
-    """How many files `inputs` name, or the `InputError` that `list_pages` would raise about them.
+                 manifest_path_column: str = "path", leave_out: str | None = None) -> list[str]:
+    """The files `inputs` name, sorted, or the `InputError` that `list_pages` would raise about them.
 
-    Everything but counting pages (no document is opened): what the CLI checks before starting a flow.
+    Everything but counting pages (no document is opened): what is checked before a run creates anything.
     """
     problems: list[str] = []
-    return len(_files(inputs, _Places(problems, leave_out), problems, include_globs=include_globs,
-                      exclude_globs=exclude_globs, manifest_path_column=manifest_path_column)[1])
+    return _files(inputs, _Places(problems, leave_out), problems, include_globs=include_globs,
+                  exclude_globs=exclude_globs, manifest_path_column=manifest_path_column)[1]
 
 
 def _files(inputs: Sequence[str], places: _Places, problems: list[str], *, include_globs: Sequence[str],

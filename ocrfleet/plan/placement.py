@@ -59,6 +59,10 @@ def place(spec: str, env: Mapping[str, str] | None = None,
             engine, lambda: None if paddle_gpu() else f"the installed Paddle is CPU-only; {GPU_PADDLE_HINT}",
             onnxruntime_gpu)
         if gpu_engine is None:
+            if engine == "onnxruntime" and paddle_gpu():  # e.g. an ONNX-only preset on a Paddle CUDA machine
+                why_not += ("; Paddle's CUDA build is installed and runs on these GPUs with Paddle-format models: "
+                            "set models: pp-ocrv4-mobile (--models pp-ocrv4-mobile), or install onnxruntime-gpu "
+                            "(make install-cuda)")
             reason, gpus = f"{len(gpus)} GPU(s) present but no GPU engine can run ({why_not})", []
     by_index = {gpu.index: (gpu, entry) for gpu, entry in gpus}
     wanted = list(request.gpu_ids) if request.gpu_ids is not None else list(by_index)

@@ -265,6 +265,17 @@ def reconcile_lines(name: str, what: str, lines: list[str], planned: set[tuple[s
     return entries, problems
 
 
+def finished(config: JobConfig, as_before: bool = False) -> RunSummary | None:
+    """The summary of the run in `config.output_dir` if its reduce finished it: `up_to_date`, with failed
+    pages counted as done even when `config` asks to retry them (a retry that ended with pages still failing
+    is finished all the same)."""
+    return up_to_date(config.model_copy(update={"retry_failed": False}), as_before)
+
+
+def _as_settings(config: JobConfig) -> JobConfig:
+    return config.model_copy(update={"retry_failed": False})
+
+
 def up_to_date(config: JobConfig, as_before: bool = False) -> RunSummary | None:
     """The summary of the finished run in `config.output_dir`, if running `config` again would change nothing.
 
@@ -281,7 +292,8 @@ def up_to_date(config: JobConfig, as_before: bool = False) -> RunSummary | None:
         summary = RunSummary.model_validate_json((run_dir / "summary.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if earlier.config != config or not committed(run_dir, summary):
+    # retry_failed asks this run to redo failed pages; it is not a setting the run dir's records depend on.
+    if _as_settings(earlier.config) != _as_settings(config) or not committed(run_dir, summary):
         return None
     if as_before:
         _, pages, reused = pages_to_do(config, earlier.settings)
