@@ -68,7 +68,7 @@ def ocr_run(config: JobConfig) -> RunSummary:
     progress.finish(sum(shard.records for shard in summary.shards))
     publish_summary(summary, plan)
     if not summary.valid:  # an outcome, said once at ERROR by reduce: a state with its verdict, no traceback
-        verdict = f"{summary.verdict()}; see {run_dir / 'summary.json'}"
+        verdict = f"{summary.verdict()} (summary: {run_dir / 'summary.json'})"
         return Failed(message=verdict, data=RunInvalid(verdict))
     return summary
 
