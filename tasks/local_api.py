@@ -50,23 +50,16 @@ class _BoundServer(api_server.SubprocessASGIServer):
         finally:
             api_server.subprocess = real
 
+    def lost(self) -> int | None:
+        """Its exit code once it has exited while the run still needed it, else None (`stop` is Prefect's)."""
+        process = self.server_process
+        return process.poll() if process is not None else None
 
-def start_local_api() -> api_server.SubprocessASGIServer | None:
+
+def start_local_api() -> _BoundServer | None:
     """Start the temporary API server now, unless an API URL is configured (then None)."""
     if PREFECT_API_URL.value():
         return None
     server = _BoundServer()
     server.start()
     return server
-
-
-def lost(server: api_server.SubprocessASGIServer | None) -> int | None:
-    """The exit code of the temporary server if it exited while we still needed it, else None."""
-    process = server.server_process if server is not None else None
-    return process.poll() if process is not None else None
-
-
-def stop_local_api(server: api_server.SubprocessASGIServer | None) -> None:
-    """Stop the temporary server (SIGTERM, then SIGKILL after 5 s)."""
-    if server is not None:
-        server.stop()
