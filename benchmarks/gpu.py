@@ -63,6 +63,7 @@ def measure(quick: bool, work: Path) -> list[Figure]:
 def gpu_at_hand() -> tuple[str | None, str]:
     """The GPU 0 this machine would run on and its engine, or None and why not."""
     from ocrfleet.plan.gpu_engines import choose_gpu_engine
+    from ocrfleet.plan.models import DEFAULT_PRESET, preset_engines
     from ocrfleet.plan.nvml import NvmlUnavailable, nvml_inventory
 
     try:
@@ -71,7 +72,8 @@ def gpu_at_hand() -> tuple[str | None, str]:
         return None, str(exc)
     if not gpus:
         return None, "NVML lists no GPU"
-    engine, why_not = choose_gpu_engine("auto")
+    # The runs use the default preset: `auto` asks only the engines its models ship for, as a run does.
+    engine, why_not = choose_gpu_engine("auto" if "paddle" in preset_engines(DEFAULT_PRESET) else "onnxruntime")
     if engine is None:
         return None, f"{gpus[0].name} present but no GPU engine: {why_not}"
     return f"{gpus[0].name} ({gpus[0].memory_total_mb} MiB), engine {engine}", ""
