@@ -199,7 +199,12 @@ def test_devices_marks_what_a_run_would_use_and_why_not_the_rest(monkeypatch, ca
     monkeypatch.setattr("ocrfleet.plan.placement.nvml_inventory", inventory(busy))
     monkeypatch.setattr("ocrfleet.plan.placement.paddle_gpu_installed", lambda: True)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6")
-    assert main(["devices", "--devices", "gpu:4,5", "--json"]) == 0
+    # Paddle's CUDA build alone: the ONNX-only default preset has no GPU engine here, which devices says...
+    monkeypatch.setattr("ocrfleet.plan.placement.onnxruntime_gpu_problem", lambda: "no CUDA provider")
+    assert main(["devices", "--devices", "gpu:4,5", "--json"]) == 2
+    assert "--models pp-ocrv4-mobile" in capsys.readouterr().err
+    # ...and the Paddle-format preset runs on them.
+    assert main(["devices", "--devices", "gpu:4,5", "--models", "pp-ocrv4-mobile", "--json"]) == 0
     rows = {row["index"]: row for row in __import__("json").loads(capsys.readouterr().out)["gpus"]}
     assert rows[4]["use"] and not rows[5]["use"] and "100 MiB free" in rows[5]["why"]
     assert rows[6]["why"] == "not selected by --devices gpu:4,5"
