@@ -6,8 +6,9 @@ quotes and list bullets count as one character each, whatever glyph was printed 
 and everything else count as they are.
 
 The engine reads lines top to bottom, so two columns or a table come back interleaved row by row. Reading
-order is not what these figures are about: `in_printed_order` files each line read under the printed line
-it matches best before scoring, and `score` reports the order as read apart (`chars_as_read`).
+order is not what these figures are about: `in_printed_order` files each line read under a printed line
+before scoring (whole lines read are moved, never split or changed), and `score` reports the order as read
+apart (`chars_as_read`).
 """
 
 from __future__ import annotations
@@ -43,9 +44,12 @@ def in_printed_order(printed: list[str], read: list[str]) -> list[str]:
 
 
 def file_under(printed: list[str], read: list[str]) -> list[int]:
-    """For each line read, the printed line holding most of it in order; among equals (a cell's value that
-    repeats, a lone row number, a title repeated in a running header) the one nearest to where the line read
-    before it was filed, the later one of two as near."""
+    """For each line read, the printed line it is filed under: first the printed line holding most of it in
+    order, among equals (a cell's value that repeats, a lone row number, a title repeated in a running header)
+    the one nearest to where the line read before it was filed, the later one of two as near; then single
+    lines read are moved to another printed line that holds part of them wherever that lowers the summed edit
+    distance of the printed lines to what is filed under them (`_refile`). The first pass alone misfiles
+    short words that a table's header repeats in several printed lines ("Quarter", "Previous")."""
     squeezed = ["".join(line.split()) for line in printed]
     targets, previous = [], 0
     for line in read:
@@ -56,6 +60,47 @@ def file_under(printed: list[str], read: list[str]) -> list[int]:
 
         previous = max(range(len(printed)), key=closeness)
         targets.append(previous)
+    return _refile(squeezed, ["".join(line.split()) for line in read], targets)
+
+
+def _refile(printed: list[str], read: list[str], targets: list[int], passes: int = 4) -> list[int]:
+    """`targets` improved by moving one line read at a time to the printed line (among those sharing a run of
+    at least two characters with it) that lowers the summed per-line edit distance most; lines filed under one
+    printed line keep the engine's order."""
+    targets = list(targets)
+    under: list[list[int]] = [[] for _ in printed]
+    for index, target in enumerate(targets):
+        under[target].append(index)
+
+    def cost(target: int, members: list[int]) -> int:
+        return levenshtein(printed[target], "".join(read[index] for index in members))
+
+    costs = [cost(target, members) for target, members in enumerate(under)]
+    candidates = [[target for target, line in enumerate(printed)
+                   if any(block.size >= 2 for block in difflib.SequenceMatcher(None, mine, line, autojunk=False)
+                          .get_matching_blocks())] for mine in read]
+    for _ in range(passes):
+        moved = False
+        for index, mine in enumerate(read):
+            if not mine:
+                continue
+            source = targets[index]
+            without = [member for member in under[source] if member != index]
+            leave = cost(source, without) - costs[source]
+            best, gain = None, 0
+            for target in candidates[index]:
+                if target == source:
+                    continue
+                joined = sorted(under[target] + [index])
+                change = leave + cost(target, joined) - costs[target]
+                if change < gain:
+                    best, gain = target, change
+            if best is not None:
+                under[source], under[best] = without, sorted(under[best] + [index])
+                costs[source], costs[best] = cost(source, without), cost(best, under[best])
+                targets[index], moved = best, True
+        if not moved:
+            break
     return targets
 
 
