@@ -18,7 +18,12 @@ import types
 from collections.abc import Callable
 
 from prefect.server.api import server as api_server
-from prefect.settings import PREFECT_API_URL
+from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
+# Prefect's default wait is 20 s. On a busy machine (2 cores, other jobs loading models) the server's first
+# start, which creates its database, took longer than that and failed a run that would have been fine; the
+# run cannot do anything without it anyway, so it waits longer unless a longer wait is configured.
+_STARTUP_WAIT_S = 90
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -61,5 +66,5 @@ def start_local_api() -> _BoundServer | None:
     if PREFECT_API_URL.value():
         return None
     server = _BoundServer()
-    server.start()
+    server.start(timeout=max(_STARTUP_WAIT_S, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()))
     return server
