@@ -4,11 +4,15 @@ Generated US-letter PDFs of real (vector) text, invoice and ledger lines in thre
 at 8, 10 and 12 pt, are rendered the way a worker renders them (`ocrfleet.inputs.pages.PageReader`) and read by the
 real engine (`ocrfleet.run.engine.PaddleOcrEngine`, onnxruntime, the default preset's models, 1 thread) in
 a subprocess of its own (`python -m benchmarks.dpi --read PDF... --dpi D...`), every page at every
-resolution, the resolutions in a rotating order so drift on a shared machine hits each alike.
+resolution, the resolutions in a rotating order so drift on a shared machine hits each alike. Scanned PDFs
+(`benchmarks/data/scans/`: real scans at 150 and 300 dpi, transcribed in `benchmarks/data/real/`) are read the
+same way: a scan rendered below its own resolution loses detail that no vector page shows, so the rule holds a
+resolution to both.
 
 Accuracy against the text the PDF was written with: characters (1 - edit distance / length, spaces
 ignored), words (exact words found in order, by `difflib` alignment, over the words printed) and words
-split as printed (words read / words printed: below 100% when the engine drops the spaces between words).
+split as printed (words read / words printed: below 100% when the engine drops the spaces between words). Scans
+against their hand transcriptions, scored as `benchmarks/accuracy.py` scores real pages (`benchmarks.textscore`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from benchmarks import corpus
 from benchmarks.fleet import ROOT, bench_env
 from benchmarks.report import Figure, figure
 from benchmarks.textscore import levenshtein
+from benchmarks.textscore import score as score_lines
 from ocrfleet.config import JobConfig
 from ocrfleet.plan.models import DEFAULT_PRESET
 
@@ -36,6 +41,8 @@ DEFAULT_DPI = JobConfig.model_fields["pdf_dpi"].default
 TOLERANCE = 0.5  # points of character accuracy a cheaper resolution may give up against the best one
 WORDS_TOLERANCE = 3.0  # points of word accuracy it may give up: above that, runs of words are read together
 SLOWER = 1.25  # at most this many times the fastest resolution's seconds per page
+DATA = Path(__file__).resolve().parent / "data"
+SCANS, TRUTH = DATA / "scans", DATA / "real"  # a scan's transcription: TRUTH / "NAME.gt.txt"
 
 
 def measure(quick: bool, work: Path) -> list[Figure]:
@@ -47,12 +54,15 @@ def measure(quick: bool, work: Path) -> list[Figure]:
             path, lines_of = corpus.vector_pdf(corpus.CACHE / "vector-pdf" / name, font, size, pages_per_pdf,
                                                seed=11, lines=lines)
             truth[str(path)] = lines_of
-    read = read_pages(list(truth), DPIS)
+    scans = sorted(str(path) for path in SCANS.glob("*.pdf"))[:1 if quick else None]
+    read = read_pages(list(truth) + scans, DPIS)
     rows = [score(item, truth[item["pdf"]][item["page"]]) | {"font": _font(item["pdf"]), "pt": _size(item["pdf"])}
-            for item in read["pages"]]
-    (work / "dpi-pages.json").write_text(json.dumps(rows, indent=1))
+            for item in read["pages"] if item["pdf"] in truth]
+    scanned = [score_scan(item) for item in read["pages"] if item["pdf"] not in truth]
+    (work / "dpi-pages.json").write_text(json.dumps(rows + scanned, indent=1))
     table = {dpi: _summary([row for row in rows if row["dpi"] == dpi]) for dpi in DPIS}
-    best = recommend(table)
+    by_scan = {name: {row["dpi"]: row for row in scanned if row["scan"] == name} for name in map(_stem, scans)}
+    best = recommend(table, by_scan)
     pages = len(rows) // len(DPIS)
     detail = (f"{pages} generated US-letter pages of vector text ({', '.join(FONTS)} at "
               f"{', '.join(map(str, SIZES))} pt; "
@@ -62,28 +72,36 @@ def measure(quick: bool, work: Path) -> list[Figure]:
               f"every resolution, model load {read['load_s']:.1f} s apart. Rule: the lowest resolution within "
               f"{TOLERANCE} points of the best character accuracy and {WORDS_TOLERANCE:g} points of the best word "
               f"accuracy, at most {SLOWER:g}x the fastest one's seconds per page (else the lowest within "
-              f"{TOLERANCE} points of the best character accuracy). Seconds are render + OCR, median per page."
-              + _markdown(table) + _by_font_and_size(rows))
+              f"{TOLERANCE} points of the best character accuracy), where also no scanned PDF reads more than "
+              f"{TOLERANCE} points of characters below its own best resolution's. Seconds are render + OCR, median "
+              "per page." + _markdown(table) + _by_font_and_size(rows) + _scans_markdown(by_scan))
     return [figure("dpi", "default `pdf_dpi` = measured best trade-off", best, "dpi", f"= {DEFAULT_DPI} (the default)",
                    best == DEFAULT_DPI, detail,
                    f"{best} dpi reads within {TOLERANCE} points of the best character accuracy (and "
-                   f"{WORDS_TOLERANCE:g} of the best word accuracy) at "
+                   f"{WORDS_TOLERANCE:g} of the best word accuracy), and every scan within {TOLERANCE} of its own "
+                   f"best, at "
                    f"{table[best]['seconds']:.2f} s/page against {table[DEFAULT_DPI]['seconds']:.2f} s/page at "
                    f"{DEFAULT_DPI} (words {table[best]['words']:.1f}% against {table[DEFAULT_DPI]['words']:.1f}%): "
                    f"set `pdf_dpi` to {best} in ocrfleet/config.py. Dropped spaces (words split as printed below 100%) "
                    "follow the em in pixels, not the dpi: no one resolution keeps them for every type size.")]
 
 
-def recommend(table: dict[int, dict[str, float]]) -> int:
+def recommend(table: dict[int, dict[str, float]], scans: dict[str, dict[int, dict]] | None = None) -> int:
     """The lowest resolution that reads characters and words about as well as the best, for about the time.
 
     Text detection runs on the page scaled to 960 px, so a finer rendering costs little time but gives the
-    recognizer sharper lines; word accuracy (spaces kept) is where that shows.
+    recognizer sharper lines; word accuracy (spaces kept) is where that shows. `scans` (scan -> dpi -> its
+    row): a resolution must also read every scan within TOLERANCE of that scan's best, since a mean over
+    vector pages cannot see a scan's detail lost below the resolution it was scanned at.
     """
     chars = max(row["chars"] for row in table.values())
     words = max(row["words"] for row in table.values())
     fastest = min(row["seconds"] for row in table.values())
-    good = [dpi for dpi, row in table.items() if row["chars"] >= chars - TOLERANCE]
+    best_of = {name: max(row["chars"] for row in rows.values()) for name, rows in (scans or {}).items()}
+    good = [dpi for dpi, row in table.items() if row["chars"] >= chars - TOLERANCE
+            and all(rows[dpi]["chars"] >= best_of[name] - TOLERANCE for name, rows in (scans or {}).items())]
+    if not good:  # no resolution serves both: the vector pages' rule alone
+        good = [dpi for dpi, row in table.items() if row["chars"] >= chars - TOLERANCE]
     both = [dpi for dpi in good if table[dpi]["words"] >= words - WORDS_TOLERANCE
             and table[dpi]["seconds"] <= SLOWER * fastest]
     return min(both or good)
@@ -109,6 +127,30 @@ def score(item: dict, lines: list[str]) -> dict:
             "pixels": item["pixels"], "text": found,
             "chars": 100 * max(0.0, 1 - levenshtein(chars, "".join(found.split())) / len(chars)),
             "words": 100 * matched / len(words), "split": 100 * len(read) / len(words)}
+
+
+def score_scan(item: dict) -> dict:
+    """Accuracy of one scanned PDF's reading against its hand transcription (`benchmarks.textscore`)."""
+    printed = [line for line in (TRUTH / f"{_stem(item['pdf'])}.gt.txt").read_text(encoding="utf-8").splitlines()
+               if line.strip()]
+    return {"scan": _stem(item["pdf"]), "dpi": item["dpi"], "seconds": item["seconds"], "pixels": item["pixels"],
+            "text": item["text"]} | score_lines(printed, item["text"].splitlines())
+
+
+def _stem(pdf: str) -> str:
+    return Path(pdf).stem
+
+
+def _scans_markdown(by_scan: dict[str, dict[int, dict]]) -> str:
+    """Per scanned PDF: characters / words at each resolution, and its seconds per page."""
+    if not by_scan:
+        return ""
+    lines = ["| scanned PDF | " + " | ".join(f"{dpi} dpi: chars / words % (s)" for dpi in DPIS) + " |",
+             "|---" * (len(DPIS) + 1) + "|"]
+    for name, rows in by_scan.items():
+        lines.append(f"| {name} | " + " | ".join(f"{rows[dpi]['chars']:.2f} / {rows[dpi]['words']:.1f} "
+                                                  f"({rows[dpi]['seconds']:.1f})" for dpi in DPIS) + " |")
+    return "\n" + "\n".join("  " + line for line in lines) + "\n"
 
 
 def _summary(rows: list[dict]) -> dict[str, float]:

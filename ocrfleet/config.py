@@ -42,9 +42,10 @@ class JobConfig(BaseModel):
     exclude_globs: tuple[str, ...] = Field((), description="Inputs whose path matches one of these globs are skipped.")
     manifest_path_column: str = Field("path", description="Column holding the input path in .csv/.jsonl manifests.")
     pdf_dpi: int = Field(
-        200, ge=36, le=600, description="Resolution PDF pages are rendered at. 200 reads 8-12 pt text with the best "
-        "characters and nearly the best words for about the time of 100 (benchmarks/dpi.py: detection runs at 960 px "
-        "whatever the resolution); raise it for smaller print, lower it for very large pages (max_image_pixels)."
+        150, ge=36, le=600, description="Resolution PDF pages are rendered at. 150 reads 8-12 pt vector text and "
+        "150/300-dpi scanned PDFs about as well as any resolution (benchmarks/dpi.py: lower ones lose detail on scans, "
+        "higher ones read no better for more pixels); raise it for smaller print, lower it for very large pages "
+        "(max_image_pixels)."
     )
     max_image_pixels: int = Field(
         100_000_000, ge=1, description="Pages with more pixels fail as DecompressionBomb instead of being decoded."

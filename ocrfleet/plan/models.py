@@ -33,8 +33,9 @@ REC_BATCH: dict[Engine, int] = {"onnxruntime": 1, "paddle": 6}
 DET_LIMIT: tuple[int, Literal["max", "min"]] = (960, "max")
 
 Preset = Literal["pp-ocrv6-small", "pp-ocrv6-tiny", "pp-ocrv5-mobile", "pp-ocrv4-mobile"]
-# Reads real pages' words far better than PP-OCRv4 (95% against 69%) at no more time; tiny, faster still, knows
-# fewer characters and read 4 of 6 pages' characters less well (benchmarks/RESULTS.md, `accuracy`; README).
+# Reads real pages' words far better than PP-OCRv4 (96% against 77%) at no more time; tiny, faster still, knows
+# a third of its characters (6,904) and read 4 of 8 pages' characters less well (benchmarks/RESULTS.md, `accuracy`;
+# README says why small stays the default).
 DEFAULT_PRESET: Preset = "pp-ocrv6-small"
 # Each preset's detection and recognition model names, as PaddleOCR and their inference.yml know them.
 PRESETS: dict[Preset, tuple[str, str]] = {
