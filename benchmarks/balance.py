@@ -17,7 +17,10 @@ from pathlib import Path
 from benchmarks import corpus
 from benchmarks.fleet import ROOT, FleetRun, bench_env, run_fleet
 from benchmarks.report import Figure, figure
+from ocrfleet.config import JobConfig
 from ocrfleet.plan.planning import shard_paths
+
+DEFAULT_DPI = JobConfig.model_fields["pdf_dpi"].default
 
 TARGET = 0.10  # (latest finish - earliest finish) / latest finish
 WORKERS = 2
@@ -43,7 +46,7 @@ def measure(quick: bool, work: Path) -> list[Figure]:
         f"{s['model_load_s']:.1f} s, {s['pages_per_s']:.2f} pages/s, busy {s['busy_fraction']:.2f}, CPU "
         f"{s['cpu_share']:.2f} of a core)" for s in shards)
     detail = (f"{run.pages} pages of {folder.name} (one {long_pages}-page vector-text PDF rendered at the "
-              f"default dpi, scanned PDFs, TIFF stacks, scraps, A4 scans at 100-300 dpi), `ocrfleet run --devices "
+              f"default {DEFAULT_DPI} dpi, scanned PDFs, TIFF stacks, scraps, A4 scans at 100-300 dpi), `ocrfleet run --devices "
               f"cpu:{WORKERS} --threads-per-worker 1`, one run, {run.watched.wall_s:.0f} s end to end. Times from the "
               f"first shard's first page: {per_shard}. `ocrfleet plan` estimated (max-min)/max shard cost "
               f"{100 * plan_spread:.2f}% (max/min {max(planned) / min(planned):.3f}); the cost is pixels, so what it "

@@ -31,6 +31,7 @@ class Figure(BaseModel):
     why: str = ""  # for a missed or n/a figure: why, and what would close the gap
     mode: str = ""
     measured_at: str = ""
+    machine: str = ""  # CPU and the OCR packages it was measured with ("" for figures stored before it was kept)
 
     def shown(self) -> str:
         return "n/a" if self.value is None else f"{self.value:.3g} {self.unit}".strip()
@@ -74,13 +75,21 @@ def _cpuinfo() -> list[str]:
         return []
 
 
-def save(figures: list[Figure], mode: str) -> None:
+def where(facts: dict[str, str]) -> str:
+    """The machine facts a figure keeps: figures measured on different machines share one RESULTS.md."""
+    return "; ".join([facts["CPU"], facts["RAM"], *(f"{name} {facts[name]}" for name in PACKAGES if name in facts)])
+
+
+def save(figures: list[Figure], mode: str, facts: dict[str, str]) -> None:
     """Keep each group's latest figures, so `--only` refreshes some and RESULTS.md still shows all."""
     STORE.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now().isoformat(timespec="seconds")
     for group in {f.group for f in figures}:
-        mine = [f.model_copy(update={"mode": mode, "measured_at": stamp}) for f in figures if f.group == group]
-        (STORE / f"{group}.jsonl").write_text("".join(f.model_dump_json() + "\n" for f in mine))
+        mine = [f.model_copy(update={"mode": mode, "measured_at": stamp, "machine": where(facts)})
+                for f in figures if f.group == group]
+        part = STORE / f".{group}.jsonl.part"  # written beside and renamed: a killed run leaves the old figures
+        part.write_text("".join(f.model_dump_json() + "\n" for f in mine))
+        part.replace(STORE / f"{group}.jsonl")
 
 
 def load_all(order: list[str]) -> list[Figure]:
@@ -97,12 +106,19 @@ def render(figures: list[Figure], machine_facts: dict[str, str]) -> str:
     lines = ["# ocrfleet benchmark results", "",
              f"Written {datetime.datetime.now().isoformat(timespec='seconds')} by `python -m benchmarks.run` (see "
              "`benchmarks/README.md`); do not edit by hand. Each figure says its mode (quick: smoke sizes, one "
-             "rep; full: the sizes the targets are about) and when it was measured.", "",
-             "## Machine", ""]
+             "rep; full: the sizes the targets are about), when and on which machine it was measured.", "",
+             "## Machine of the latest run", ""]
     lines += [f"- {key}: {value}" for key, value in machine_facts.items()]
-    lines += ["", "## Figures", "", "| figure | measured | target | verdict | mode, when |", "|---|---|---|---|---|"]
+    machines = list(dict.fromkeys(f.machine for f in figures if f.machine))
+    label = {text: f"M{number}" for number, text in enumerate(machines, 1)}
+    lines += ["", "## Machines the figures were measured on", ""]
+    lines += [f"- {label[text]}: {text}" for text in machines]
+    lines += ["- not recorded: figures stored before the machine was kept with them (2026-12-04)"] * any(
+        not f.machine for f in figures)
+    lines += ["", "## Figures", "", "| figure | measured | target | verdict | mode, when, machine |",
+              "|---|---|---|---|---|"]
     lines += [f"| {f.name} | {f.shown()} | {f.target or '-'} | {verdict[f.met] if f.target else 'info'} | "
-              f"{f.mode}, {f.measured_at} |" for f in figures]
+              f"{f.mode}, {f.measured_at}, {label.get(f.machine, 'not recorded')} |" for f in figures]
     lines += ["", "## How each was measured", ""]
     for f in figures:
         lines.append(f"- **{f.name}**: {f.detail}")

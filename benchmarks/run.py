@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         log.info("%s: measuring (%s)", name, mode)
         figures = importlib.import_module(f"benchmarks.{name}").measure(args.quick, work)
-        save(figures, mode)
+        save(figures, mode, facts)
         for found in figures:
             log.info("  %s: %s (target %s)", found.name, found.shown(), found.target)
         log.info("%s: %.0f s", name, time.monotonic() - started)

@@ -7,13 +7,15 @@ and everything else count as they are.
 
 The engine reads lines top to bottom, so two columns or a table come back interleaved row by row. Reading
 order is not what these figures are about: `in_printed_order` files each line read under a printed line
-before scoring (whole lines read are moved, never split or changed), and `score` reports the order as read
-apart (`chars_as_read`).
+before scoring (whole lines read are moved, never split or changed), the lines filed under one printed line in
+the order that matches it best (cells of a row read right in another order are no misread), and `score`
+reports the order as read apart (`chars_as_read`).
 """
 
 from __future__ import annotations
 
 import difflib
+import itertools
 import unicodedata
 
 _FOLD = str.maketrans({"‘": "'", "’": "'", "‚": "'", "“": '"', "”": '"', "„": '"',
@@ -38,9 +40,30 @@ def score(printed: list[str], read: list[str]) -> dict[str, float]:
             "chars_as_read": as_read}
 
 
+PERMUTED = 4  # up to this many lines filed under one printed line are tried in every order (4! = 24)
+
+
 def in_printed_order(printed: list[str], read: list[str]) -> list[str]:
-    """`read` regrouped under the printed lines they match (`file_under`), in the engine's order within one."""
-    return [line for _, _, line in sorted(zip(file_under(printed, read), range(len(read)), read))]
+    """`read` regrouped under the printed lines they match (`file_under`), within one in the order closest to it."""
+    return [read[index] for target, members in _groups(file_under(printed, read)) for index in
+            _arranged(_squeeze(printed[target]), [_squeeze(read[member]) for member in members], members)[1]]
+
+
+def _groups(targets: list[int]) -> list[tuple[int, list[int]]]:
+    """(printed line, the indices of the lines read filed under it in the engine's order), by printed line."""
+    return [(target, [index for index, mine in enumerate(targets) if mine == target]) for target in sorted(set(targets))]
+
+
+def _arranged(printed: str, parts: list[str], members: list[int]) -> tuple[int, list[int]]:
+    """The edit distance of `parts` (lines read, filed under `printed`) joined in the order closest to it, and
+    `members` in that order; the engine's order wins among equals, and is the only one tried past PERMUTED."""
+    orders = itertools.permutations(range(len(parts))) if len(parts) <= PERMUTED else [tuple(range(len(parts)))]
+    distance, order = min((levenshtein(printed, "".join(parts[i] for i in order)), order) for order in orders)
+    return distance, [members[i] for i in order]
+
+
+def _squeeze(line: str) -> str:
+    return "".join(line.split())
 
 
 def file_under(printed: list[str], read: list[str]) -> list[int]:
@@ -50,30 +73,30 @@ def file_under(printed: list[str], read: list[str]) -> list[int]:
     lines read are moved to another printed line that holds part of them wherever that lowers the summed edit
     distance of the printed lines to what is filed under them (`_refile`). The first pass alone misfiles
     short words that a table's header repeats in several printed lines ("Quarter", "Previous")."""
-    squeezed = ["".join(line.split()) for line in printed]
+    squeezed = [_squeeze(line) for line in printed]
     targets, previous = [], 0
     for line in read:
-        mine = "".join(line.split())
+        mine = _squeeze(line)
 
         def closeness(target: int) -> tuple[float, int, bool]:
             return _overlap(mine, squeezed[target]), -abs(target - previous), target >= previous
 
         previous = max(range(len(printed)), key=closeness)
         targets.append(previous)
-    return _refile(squeezed, ["".join(line.split()) for line in read], targets)
+    return _refile(squeezed, [_squeeze(line) for line in read], targets)
 
 
 def _refile(printed: list[str], read: list[str], targets: list[int], passes: int = 4) -> list[int]:
     """`targets` improved by moving one line read at a time to the printed line (among those sharing a run of
     at least two characters with it) that lowers the summed per-line edit distance most; lines filed under one
-    printed line keep the engine's order."""
+    printed line count in the order closest to it (`_arranged`)."""
     targets = list(targets)
     under: list[list[int]] = [[] for _ in printed]
     for index, target in enumerate(targets):
         under[target].append(index)
 
     def cost(target: int, members: list[int]) -> int:
-        return levenshtein(printed[target], "".join(read[index] for index in members))
+        return _arranged(printed[target], [read[index] for index in members], members)[0]
 
     costs = [cost(target, members) for target, members in enumerate(under)]
     candidates = [[target for target, line in enumerate(printed)
@@ -108,16 +131,12 @@ def worst_lines(printed: list[str], read: list[str], count: int) -> list[tuple[s
     """The `count` printed lines read worst: (printed, the lines read filed under it, edit distance once
     folded, spaces ignored), both sides as printed and read."""
     folded_printed, folded_read = [fold(line) for line in printed], [fold(line) for line in read]
-    under: list[list[int]] = [[] for _ in printed]
-    for target, index in zip(file_under(folded_printed, folded_read), range(len(read))):
-        under[target].append(index)
-
-    def distance(target: int) -> int:
-        found = "".join(folded_read[index] for index in under[target])
-        return levenshtein("".join(folded_printed[target].split()), "".join(found.split()))
-
-    worst = sorted(range(len(printed)), key=lambda target: -distance(target))[:count]
-    return [(printed[target], " ".join(read[index] for index in under[target]), distance(target)) for target in worst]
+    under = dict(_groups(file_under(folded_printed, folded_read)))
+    filed = {target: _arranged(_squeeze(folded_printed[target]),
+                               [_squeeze(folded_read[index]) for index in under.get(target, [])], under.get(target, []))
+             for target in range(len(printed))}
+    worst = sorted(range(len(printed)), key=lambda target: -filed[target][0])[:count]
+    return [(printed[target], " ".join(read[index] for index in filed[target][1]), filed[target][0]) for target in worst]
 
 
 def word_accuracy(printed: str, read: str) -> float:

@@ -43,7 +43,7 @@ class JobConfig(BaseModel):
     manifest_path_column: str = Field("path", description="Column holding the input path in .csv/.jsonl manifests.")
     pdf_dpi: int = Field(
         150, ge=36, le=600, description="Resolution PDF pages are rendered at. 150 reads 8-12 pt vector text and "
-        "150/300-dpi scanned PDFs about as well as any resolution (benchmarks/dpi.py: lower ones lose detail on scans, "
+        "150/300-dpi scanned PDFs about as well as any resolution (benchmarks/dpi.py: lower ones read scans worse, "
         "higher ones read no better for more pixels); raise it for smaller print, lower it for very large pages "
         "(max_image_pixels)."
     )

@@ -7,7 +7,7 @@ from prefect.settings import (PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_
 from ocrfleet.tasks import local_api
 
 
-def _waits(monkeypatch, extra=None) -> list:
+def _waits(monkeypatch, extra: dict | None = None) -> list[float | None]:
     asked = []
     monkeypatch.setattr(api_server.SubprocessASGIServer, "start",
                         lambda self, timeout=None: asked.append(timeout))
@@ -19,12 +19,14 @@ def _waits(monkeypatch, extra=None) -> list:
 def test_the_server_is_waited_for_longer_than_prefects_20_s(monkeypatch):
     # CI failed once with "Timed out while attempting to connect to ephemeral Prefect API server" on a busy
     # 2-core machine: Prefect's own default wait is too short for a run that cannot go on without it.
-    assert PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value() == 20
-    assert _waits(monkeypatch) == [local_api._STARTUP_WAIT_S]
+    assert _waits(monkeypatch, extra={PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 20}) == \
+        [local_api._STARTUP_WAIT_S]
     assert local_api._STARTUP_WAIT_S >= 60
 
 
-def test_a_longer_configured_wait_is_kept(monkeypatch):
+def test_a_shorter_configured_wait_is_raised_and_a_longer_one_kept(monkeypatch):
+    assert _waits(monkeypatch, extra={PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 30}) == \
+        [local_api._STARTUP_WAIT_S]
     assert _waits(monkeypatch, extra={PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 300}) == [300]
 
 

@@ -26,3 +26,14 @@ def test_moving_lines_never_hides_a_misread():
 
 def test_lines_in_printed_order_score_full_marks():
     assert score(HEADER, HEADER) == {"chars": 100.0, "chars_spaced": 100.0, "words": 100.0, "chars_as_read": 100.0}
+
+
+def test_cells_of_one_printed_line_read_in_another_order_are_no_misread():
+    # The German printout's infobox at 300 dpi (benchmarks/data/scans/wikipedia-de-linux.pdf): a value read before
+    # its label. In the engine's order alone it cost 8 characters and was filed under another line.
+    printed = ["Aktuelle 4.7.2[1]", "Lizenz GPL", "• 1.2 Historische Entwicklung"]
+    read = ["4.7.2[1]", "Aktuelle", "Lizenz GPL", "1.2 Historische Entwicklung"]
+    scores = score(printed, read)
+    assert scores["chars"] == 100 * (1 - 1 / len("".join("".join(printed).split())))  # only the bullet is missing
+    assert score(printed, ["4.7.2[l]", "Aktuelle", "Lizenz GPL", "1.2 Historische Entwicklung"])["chars"] < \
+        scores["chars"]
