@@ -46,12 +46,12 @@ def measure(quick: bool, work: Path) -> list[Figure]:
         f"{s['model_load_s']:.1f} s, {s['pages_per_s']:.2f} pages/s, busy {s['busy_fraction']:.2f}, CPU "
         f"{s['cpu_share']:.2f} of a core)" for s in shards)
     detail = (f"{run.pages} pages of {folder.name} (one {long_pages}-page vector-text PDF rendered at the "
-              f"default {DEFAULT_DPI} dpi, scanned PDFs, TIFF stacks, scraps, A4 scans at 100-300 dpi), `ocrfleet run --devices "
-              f"cpu:{WORKERS} --threads-per-worker 1`, one run, {run.watched.wall_s:.0f} s end to end. Times from the "
-              f"first shard's first page: {per_shard}. `ocrfleet plan` estimated (max-min)/max shard cost "
-              f"{100 * plan_spread:.2f}% (max/min {max(planned) / min(planned):.3f}); the cost is pixels, so what it "
-              "cannot see (text per pixel, a page's line count) shows up as the measured spread. CPU is each "
-              "worker's CPU seconds over its life: below 1, it waited for a core (a shared machine).")
+              f"default {DEFAULT_DPI} dpi, scanned PDFs, TIFF stacks, scraps, A4 scans at 100-300 dpi), "
+              f"`ocrfleet run --devices cpu:{WORKERS} --threads-per-worker 1`, one run, {run.watched.wall_s:.0f} s end "
+              f"to end. Times from the first shard's first page: {per_shard}. `ocrfleet plan` estimated (max-min)/max "
+              f"shard cost {100 * plan_spread:.2f}% (max/min {max(planned) / min(planned):.3f}); the cost is pixels, "
+              "so what it cannot see (text per pixel, a page's line count) shows up as the measured spread. CPU is "
+              "each worker's CPU seconds over its life: below 1, it waited for a core (a shared machine).")
     return [
         figure("balance", "mixed corpus: devices finish within (max-min)/max", 100 * spread, "%",
                f"<= {100 * TARGET:.0f}%", spread <= TARGET, detail,

@@ -77,7 +77,8 @@ def measure(quick: bool, work: Path) -> list[Figure]:
               f"accuracy, at most {SLOWER:g}x the fastest one's seconds per page (else the lowest within "
               f"{TOLERANCE} points of the best character accuracy), where also no scanned PDF reads more than "
               f"{TOLERANCE} points of characters below its own best resolution's (if none does: the one whose worst "
-              "scan falls least short). Seconds are render + OCR, median per page." + _markdown(table) + _by_font_and_size(rows) + _scans_markdown(by_scan))
+              "scan falls least short). Seconds are render + OCR, median per page."
+              + _markdown(table) + _by_font_and_size(rows) + _scans_markdown(by_scan))
     return [figure("dpi", "default `pdf_dpi` = measured best trade-off", best, "dpi", f"= {DEFAULT_DPI} (the default)",
                    best == DEFAULT_DPI, detail,
                    f"{best} dpi reads within {TOLERANCE} points of the best character accuracy (and "

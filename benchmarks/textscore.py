@@ -51,7 +51,8 @@ def in_printed_order(printed: list[str], read: list[str]) -> list[str]:
 
 def _groups(targets: list[int]) -> list[tuple[int, list[int]]]:
     """(printed line, the indices of the lines read filed under it in the engine's order), by printed line."""
-    return [(target, [index for index, mine in enumerate(targets) if mine == target]) for target in sorted(set(targets))]
+    return [(target, [index for index, mine in enumerate(targets) if mine == target])
+            for target in sorted(set(targets))]
 
 
 def _arranged(printed: str, parts: list[str], members: list[int]) -> tuple[int, list[int]]:
@@ -136,7 +137,8 @@ def worst_lines(printed: list[str], read: list[str], count: int) -> list[tuple[s
                                [_squeeze(folded_read[index]) for index in under.get(target, [])], under.get(target, []))
              for target in range(len(printed))}
     worst = sorted(range(len(printed)), key=lambda target: -filed[target][0])[:count]
-    return [(printed[target], " ".join(read[index] for index in filed[target][1]), filed[target][0]) for target in worst]
+    return [(printed[target], " ".join(read[index] for index in filed[target][1]), filed[target][0])
+            for target in worst]
 
 
 def word_accuracy(printed: str, read: str) -> float:
